@@ -1,0 +1,46 @@
+# kcb-harness: `make run` and `make test` work on a fresh Debian 12 machine (as root).
+SHELL   := /bin/bash
+PYTHON  ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+BUILD   := $(abspath build)
+OUT     ?= $(BUILD)/reports
+
+.PHONY: all setup host venv build drivers wine-guest run test lint bench clean
+all: build
+
+setup: host venv
+
+host:
+	@scripts/setup-host.sh
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+build: drivers wine-guest
+
+drivers: host
+	$(MAKE) -s -C guest-drivers OUT=$(BUILD)/drivers
+
+wine-guest: host
+	$(MAKE) -s -C harness/guests/wine OUT=$(BUILD)/wine PYTHON=$(PYTHON)
+
+run: setup build
+	$(PY) -m harness run --out $(OUT)
+
+test: setup build
+	$(PY) -m pytest
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+bench: setup build
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf build

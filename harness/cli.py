@@ -1,0 +1,97 @@
+"""Command line: ``python -m harness run [PATHS...] [--guest wine] [--out DIR] [--drivers DIR]``.
+
+Exit status: 0 all scenarios passed, 1 any did not, 2 bad input or configuration,
+130 interrupted (reports of the finished scenarios are still written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from harness.config import Settings, project_root
+from harness.errors import ConfigError, GuestError, HarnessError, ScenarioError
+from harness.guests import GUESTS, guest_factory
+from harness.reports import write_reports
+from harness.runner import ScenarioResult, run_scenario
+from harness.scenario.loader import LoadedScenario, discover, load_scenario
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m harness", description="Windows kernel-driver integration test harness.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run scenarios and write reports")
+    run.add_argument("paths", nargs="*", type=Path, help="scenario files or folders (default: scenarios/)")
+    run.add_argument("--guest", default="wine", choices=GUESTS, help="where the drivers run (default: wine, the embedded guest)")
+    run.add_argument("--out", type=Path, help="report folder (default: build/reports)")
+    run.add_argument("--drivers", type=Path, help="folder of built driver images (default: build/drivers)")
+    run.add_argument("-v", "--verbose", action="store_true", help="show every step")
+    return parser
+
+
+def load_all(paths: list[Path]) -> list[LoadedScenario]:
+    """Every scenario under ``paths``, validated before anything runs.
+
+    Raises:
+        ScenarioError: the first bad file (file:line: field: message).
+    """
+    files = discover(paths)
+    if not files:
+        raise ScenarioError(paths[0] if paths else Path("."), None, "", "no scenario files (*.yaml) found")
+    return [load_scenario(path) for path in files]
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    settings = Settings.defaults(out_dir=args.out, drivers_dir=args.drivers, guest=args.guest)
+    scenarios = load_all(args.paths or [project_root() / "scenarios"])
+    if not settings.drivers_dir.is_dir():
+        raise ConfigError(f"drivers folder {settings.drivers_dir} does not exist: run `make build` or pass --drivers")
+    factory = guest_factory(settings)
+    results: list[ScenarioResult] = []
+    started = time.monotonic()
+    progress = print if args.verbose else None
+    try:
+        for loaded in scenarios:
+            print(f"RUN  {loaded.id}: {loaded.scenario.name}", flush=True)
+            result = run_scenario(loaded, factory, settings.drivers_dir, settings.out_dir, progress)
+            results.append(result)
+            write_reports(results, settings.out_dir)
+            mark = "PASS" if result.passed else result.outcome.upper()
+            print(f"{mark:<4} {loaded.id} ({result.duration:.2f}s){': ' + result.message if result.message else ''}", flush=True)
+    except KeyboardInterrupt:
+        write_reports(results, settings.out_dir)
+        print(f"interrupted after {len(results)} of {len(scenarios)} scenarios; guest torn down; reports in {settings.out_dir}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    passed = sum(1 for r in results if r.passed)
+    print(f"{passed} passed, {len(results) - passed} failed in {time.monotonic() - started:.1f}s; reports in {settings.out_dir}")
+    return EXIT_OK if passed == len(results) else EXIT_FAILED
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        if args.command == "run":
+            return run_command(args)
+    except (ScenarioError, ConfigError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except GuestError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_USAGE

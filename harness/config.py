@@ -1,0 +1,43 @@
+"""Where things are: driver images, build outputs, reports, caches."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def project_root() -> Path:
+    """The checkout this package lives in (or the working directory for an installed copy)."""
+    here = Path(__file__).resolve().parents[1]
+    return here if (here / "guest-drivers").is_dir() else Path.cwd()
+
+
+def default_cache_dir() -> Path:
+    if "KCB_CACHE_DIR" in os.environ:
+        return Path(os.environ["KCB_CACHE_DIR"])
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "kcb-harness"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One harness run's settings."""
+
+    drivers_dir: Path
+    out_dir: Path
+    build_dir: Path
+    cache_dir: Path
+    guest: str = "wine"
+
+    @classmethod
+    def defaults(cls, **overrides: object) -> Settings:
+        root = project_root()
+        values: dict[str, object] = {
+            "drivers_dir": root / "build" / "drivers",
+            "out_dir": root / "build" / "reports",
+            "build_dir": root / "build",
+            "cache_dir": default_cache_dir(),
+        }
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,103 @@
+"""What every guest offers the runner: install, load and unload drivers, and a kernel log.
+
+A guest is a context manager for one scenario: ``__enter__`` gives a fresh
+kernel (new Wine session, reverted VM snapshot), ``__exit__`` tears it down on
+every path. While it runs, it appends kernel events (``harness.kernel.events``)
+to the scenario's Timeline and writes the raw log to disk as it arrives.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from harness.timeline import Timeline
+
+
+@dataclass(frozen=True)
+class DriverInstall:
+    """A driver image to put into the guest as a kernel-driver service with Parameters."""
+
+    service: str
+    image: Path
+    parameters: Mapping[str, int | str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ControlResult:
+    """The outcome of a load or unload.
+
+    ``status`` is the NTSTATUS the kernel returned (DriverEntry's result for a
+    load) when the guest could see it; ``win32`` the service manager's error.
+    """
+
+    ok: bool
+    status: int | None
+    win32: int | None
+    detail: str
+
+
+class Guest(ABC):
+    """One fresh guest for one scenario."""
+
+    #: The name users pick it by (``--guest``).
+    name: str = ""
+
+    def __init__(self, timeline: Timeline, run_dir: Path) -> None:
+        self.timeline = timeline
+        self.run_dir = run_dir
+
+    @property
+    def raw_log(self) -> Path:
+        """The kernel log exactly as the guest produced it, written as it arrives."""
+        return self.run_dir / "kernel-raw.log"
+
+    @abstractmethod
+    def start(self) -> None:
+        """Bring up a fresh guest.
+
+        Raises:
+            GuestError: it did not come up.
+        """
+
+    @abstractmethod
+    def install(self, driver: DriverInstall, timeout: float) -> None:
+        """Copy the image in and (re)create its service and Parameters.
+
+        Raises:
+            GuestError, GuestHung: the guest refused or did not answer.
+        """
+
+    @abstractmethod
+    def load(self, service: str, timeout: float) -> ControlResult:
+        """Start the driver's service and report what DriverEntry returned.
+
+        Raises:
+            GuestHung: no answer within ``timeout`` seconds.
+        """
+
+    @abstractmethod
+    def unload(self, service: str, timeout: float) -> ControlResult:
+        """Stop the driver's service (DriverUnload runs).
+
+        Raises:
+            GuestHung: no answer within ``timeout`` seconds.
+        """
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Tear everything down; safe to call twice and after a failed start."""
+
+    def __enter__(self) -> Guest:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+        self.stop()

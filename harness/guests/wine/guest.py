@@ -1,0 +1,237 @@
+"""The embedded guest: the real driver binaries as kernel-driver services under Wine.
+
+One scenario = one fresh Wine session on the harness's prefix. Its first
+process is kcbagent.exe, so the session's services and winedevice.exe inherit
+the agent's stderr, where Wine writes every DbgPrint. A reader thread copies
+that stream to ``kernel-raw.log`` line by line before parsing it into events.
+All drivers of a scenario run in one winedevice.exe (one service group),
+kept alive for the whole session by a small anchor driver, so kernel state
+lives exactly as long as the scenario.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import threading
+from pathlib import Path
+from typing import IO
+
+from harness.errors import GuestError, GuestHung
+from harness.guests.base import ControlResult, DriverInstall, Guest
+from harness.guests.wine.log import parse_line
+from harness.guests.wine.prefix import ANCHOR_SERVICE, GUEST_DIR, SERVICE_GROUP, WinePrefix
+from harness.kernel.events import DriverStatus, Event, GuestCrash
+from harness.timeline import Timeline
+
+log = logging.getLogger(__name__)
+
+#: WINEDEBUG for the session: DbgPrint only (channel warn+debugstr).
+SESSION_DEBUG = "-all,warn+debugstr"
+START_TIMEOUT = 60.0
+#: How long after the service manager answered the kernel's status line may still be on its way.
+STATUS_GRACE = 3.0
+
+
+def agent_command(*fields: str | int) -> str:
+    """One agent request line. Fields are sent as data, never interpreted by a shell.
+
+    Raises:
+        ValueError: a field holds a TAB, CR or LF (which would split the request).
+    """
+    texts = [str(field) for field in fields]
+    for text in texts:
+        if any(char in text for char in "\t\r\n"):
+            raise ValueError(f"agent field contains a control character: {text!r}")
+    return "\t".join(texts) + "\n"
+
+
+def parse_reply(line: str) -> tuple[bool, int | None, str]:
+    """``ok DETAIL`` / ``err WIN32 DETAIL`` -> (ok, win32 error, detail)."""
+    line = line.strip()
+    if line.startswith("ok"):
+        return True, None, line[3:]
+    if line.startswith("err "):
+        parts = line.split(" ", 2)
+        try:
+            code = int(parts[1])
+        except (IndexError, ValueError):
+            return False, None, line
+        return False, code, parts[2] if len(parts) > 2 else ""
+    return False, None, f"unexpected agent reply: {line!r}"
+
+
+class WineGuest(Guest):
+    """A Wine session with the callback shim, driven through kcbagent.exe."""
+
+    name = "wine"
+
+    def __init__(self, timeline: Timeline, run_dir: Path, prefix: WinePrefix) -> None:
+        super().__init__(timeline, run_dir)
+        self.prefix = prefix
+        self._lock = prefix.lock()
+        self._locked = False
+        self._agent: subprocess.Popen[bytes] | None = None
+        self._replies: queue.Queue[str | None] = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self._raw: IO[bytes] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock.__enter__()
+        self._locked = True
+        self.prefix.kill_session()  # a session left over by a harness that died
+        self._raw = open(self.raw_log, "wb", buffering=0)  # noqa: SIM115 - closed in stop()
+        self._agent = subprocess.Popen(
+            [str(self.prefix.tools.wine), f"{GUEST_DIR}\\kcbagent.exe"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=self.prefix.env(SESSION_DEBUG),
+            start_new_session=True,  # Ctrl-C reaches the harness, which tears the session down
+        )
+        assert self._agent.stdout is not None and self._agent.stderr is not None
+        self._spawn(self._read_kernel_log, self._agent.stderr)
+        self._spawn(self._read_replies, self._agent.stdout)
+        ok, code, detail = self._reply(START_TIMEOUT, "agent start")
+        if not ok:
+            raise GuestError(f"the Wine agent did not start: {detail} (error {code})")
+        self._install_service(ANCHOR_SERVICE, f"{GUEST_DIR}\\kcbanchor.sys", {}, START_TIMEOUT)
+        result = self._control("start", ANCHOR_SERVICE, START_TIMEOUT)
+        if not result.ok:
+            raise GuestError(f"the Wine guest's anchor driver did not load: {result.detail}")
+
+    def stop(self) -> None:
+        if self._agent is not None:
+            self.prefix.kill_session()
+            try:
+                self._agent.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._agent.pid, signal.SIGKILL)
+                self._agent.wait(timeout=10)
+            for pipe in (self._agent.stdin, self._agent.stdout, self._agent.stderr):
+                if pipe is not None:
+                    pipe.close()
+            self._agent = None
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._threads.clear()
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
+        if self._locked:
+            self._locked = False
+            self._lock.__exit__(None, None, None)
+
+    # -- the Guest interface -----------------------------------------------------------------
+
+    def install(self, driver: DriverInstall, timeout: float) -> None:
+        # One file per service: the same image under two services must be two modules.
+        target = self.prefix.guest_dir / f"{driver.service}.sys"
+        try:
+            shutil.copyfile(driver.image, target)
+        except OSError as error:
+            raise GuestError(f"cannot copy {driver.image} into the guest: {error}") from None
+        self._install_service(driver.service, f"{GUEST_DIR}\\{driver.service}.sys", driver.parameters, timeout)
+
+    def load(self, service: str, timeout: float) -> ControlResult:
+        return self._control("start", service, timeout)
+
+    def unload(self, service: str, timeout: float) -> ControlResult:
+        return self._control("stop", service, timeout)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _install_service(self, service: str, image: str, parameters: dict[str, int | str] | object, timeout: float) -> None:
+        self._request(timeout, "install", service, SERVICE_GROUP, image)
+        self._request(timeout, "clearparams", service)
+        assert isinstance(parameters, dict)
+        for name, value in parameters.items():
+            if isinstance(value, int):
+                self._request(timeout, "param", service, name, "dword", value)
+            else:
+                self._request(timeout, "param", service, name, "sz", value)
+
+    def _request(self, timeout: float, *fields: str | int) -> str:
+        ok, code, detail = self._send(timeout, *fields)
+        if not ok:
+            raise GuestError(f"guest agent: {' '.join(str(f) for f in fields[:2])} failed: {detail} (error {code})")
+        return detail
+
+    def _send(self, timeout: float, *fields: str | int) -> tuple[bool, int | None, str]:
+        if self._agent is None or self._agent.stdin is None:
+            raise GuestError("the Wine guest is not running")
+        try:
+            self._agent.stdin.write(agent_command(*fields).encode())
+            self._agent.stdin.flush()
+        except (BrokenPipeError, OSError) as error:
+            raise GuestError(f"the Wine guest agent is gone: {error}") from None
+        return self._reply(timeout, str(fields[0]))
+
+    def _reply(self, timeout: float, what: str) -> tuple[bool, int | None, str]:
+        deadline = self.timeline.now() + timeout
+        started = self.timeline.now()
+        while True:
+            try:
+                line = self._replies.get(timeout=0.05)
+            except queue.Empty:
+                if self._crashed_since(started):
+                    return False, None, "the guest crashed"
+                if self.timeline.now() > deadline:
+                    raise GuestHung(f"the Wine guest did not answer '{what}' within {timeout:g}s") from None
+                continue
+            if line is None:
+                raise GuestError(f"the Wine guest agent exited during '{what}'")
+            return parse_reply(line)
+
+    def _crashed_since(self, t: float) -> bool:
+        return any(isinstance(event, GuestCrash) and event.t >= t for event in self.timeline.events())
+
+    def _control(self, verb: str, service: str, timeout: float) -> ControlResult:
+        started = self.timeline.now()
+        ok, win32, detail = self._send(timeout, verb, service, int(timeout * 1000))
+        action = "load" if verb == "start" else "unload"
+
+        def status_event(events: list[Event]) -> DriverStatus | GuestCrash | None:
+            for event in reversed(events):
+                if event.t < started:
+                    break
+                if isinstance(event, DriverStatus) and event.action == action and event.service.lower() == service.lower():
+                    return event
+                if isinstance(event, GuestCrash):
+                    return event
+            return None
+
+        # Drivers that never reached the kernel's loader (no such service) have no status line.
+        grace = STATUS_GRACE if win32 not in (1060, 1062) else 0.0
+        found = self.timeline.wait_for(status_event, self.timeline.now() + grace)
+        status = found.status if isinstance(found, DriverStatus) else None
+        if isinstance(found, GuestCrash):
+            return ControlResult(ok=False, status=None, win32=win32, detail=f"guest crashed: {found.summary}")
+        return ControlResult(ok=ok, status=status, win32=win32, detail=detail)
+
+    def _spawn(self, target: object, pipe: IO[bytes]) -> None:
+        thread = threading.Thread(target=target, args=(pipe,), daemon=True, name=f"wine-{getattr(target, '__name__', '')}")
+        thread.start()
+        self._threads.append(thread)
+
+    def _read_kernel_log(self, pipe: IO[bytes]) -> None:
+        for raw in iter(pipe.readline, b""):
+            if self._raw is not None:
+                self._raw.write(raw)  # before parsing: a parser fault never loses evidence
+            event = parse_line(raw.decode("utf-8", errors="replace"), self.timeline.now())
+            if event is not None:
+                self.timeline.append(event)
+
+    def _read_replies(self, pipe: IO[bytes]) -> None:
+        for raw in iter(pipe.readline, b""):
+            text = raw.decode("utf-8", errors="replace")
+            if text.startswith(("ok", "err ")):
+                self._replies.put(text)
+        self._replies.put(None)

@@ -1,0 +1,67 @@
+"""Turning the Wine session's stderr into kernel events. Pure.
+
+With ``WINEDEBUG=-all,warn+debugstr`` Wine writes each DbgPrint as
+``TID:warn:debugstr:vDbgPrintExWithPrefix COMPONENT:LEVEL: message``; the
+callback shim announces driver load results as ``kcb-shim: load NAME status
+0x........``; a fault that takes winedevice.exe down is reported by Wine as
+``wine: Unhandled page fault on ... at address ... (thread ...)``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from harness.kernel.events import DriverStatus, Event, GuestCrash, LogLine
+
+_DBGPRINT = re.compile(r"^[0-9a-f]{4,8}:warn:debugstr:vDbgPrintExWithPrefix [0-9a-f]{8}:[0-9a-f]{8}: (.*)$")
+_WINE_CHANNEL = re.compile(r"^[0-9a-f]{4,8}:(fixme|err|warn|trace):")
+_SHIM = re.compile(r"^kcb-shim: (load|unload) (\S+) status 0x([0-9a-fA-F]{8})$")
+_UNHANDLED = re.compile(r"^wine: Unhandled (.*?)(?: at address ([0-9A-Fa-f]+))?(?: \(thread ([0-9a-fA-F]+)\))?(?:, starting debugger\.\.\.)?$")
+_EXCEPTION_CODE = re.compile(r"exception (?:code )?(?:0x)?([0-9a-fA-F]{8})")
+_ACCESS = re.compile(r"page fault on (read|write|execute) access to (?:0x)?([0-9A-Fa-f]+)")
+
+STATUS_ACCESS_VIOLATION = 0xC0000005
+_ACCESS_KIND = {"read": 0, "write": 1, "execute": 8}
+
+
+def parse_line(text: str, t: float) -> Event | None:
+    """The event one stderr line stands for, or None for Wine's own chatter.
+
+    A line that is no Wine debug line at all is taken as the continuation of a
+    multi-line DbgPrint and becomes a LogLine too.
+    """
+    text = text.rstrip("\r\n")
+    match = _DBGPRINT.match(text)
+    if match:
+        message = match.group(1)
+        shim = _SHIM.match(message)
+        if shim:
+            return DriverStatus(t=t, action=shim.group(1), service=shim.group(2), status=int(shim.group(3), 16))
+        return LogLine(t=t, text=message)
+    unhandled = _UNHANDLED.match(text)
+    if unhandled:
+        return _crash(text, unhandled, t)
+    if _WINE_CHANNEL.match(text) or text.startswith("wine: ") or not text:
+        return None
+    return LogLine(t=t, text=text)
+
+
+def _crash(text: str, match: re.Match[str], t: float) -> GuestCrash:
+    what = match.group(1)
+    access = _ACCESS.search(what)
+    if access:
+        kind, address = access.groups()
+        return GuestCrash(
+            t=t,
+            summary=f"unhandled page fault ({kind} access to 0x{int(address, 16):x}) in the driver host",
+            code=STATUS_ACCESS_VIOLATION,
+            parameters=(_ACCESS_KIND[kind], int(address, 16)),
+            evidence=(text,),
+        )
+    code = _EXCEPTION_CODE.search(what)
+    return GuestCrash(
+        t=t,
+        summary=f"unhandled {what} in the driver host",
+        code=int(code.group(1), 16) if code else None,
+        evidence=(text,),
+    )

@@ -1,0 +1,182 @@
+"""The harness's own Wine prefix: created once, with the callback shim and the agent installed.
+
+One prefix serves one Wine session at a time, so a session holds the prefix's
+lock (``flock``) from start to teardown; a second harness waits for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import GuestError
+
+log = logging.getLogger(__name__)
+
+#: The Wine session's kernel-driver group: drivers of one group share one winedevice.exe.
+SERVICE_GROUP = "kcbharness"
+ANCHOR_SERVICE = "kcbanchor"
+GUEST_DIR = "C:\\kcb"
+
+_WINE_CANDIDATES = ("/usr/lib/wine/wine64", "/usr/bin/wine64", "/usr/lib/wine/wine")
+_AEDEBUG = r"HKLM\Software\Microsoft\Windows NT\CurrentVersion\AeDebug"
+
+
+@dataclass(frozen=True)
+class WineTools:
+    """The Wine loader and wineserver to use."""
+
+    wine: Path
+    wineserver: Path
+
+    @classmethod
+    def find(cls) -> WineTools:
+        """Debian's wine64 (``KCB_WINE`` overrides).
+
+        Raises:
+            GuestError: Wine is not installed.
+        """
+        override = os.environ.get("KCB_WINE")
+        candidates = [override] if override else [*_WINE_CANDIDATES, shutil.which("wine64") or ""]
+        for candidate in candidates:
+            if candidate and Path(candidate).is_file():
+                wine = Path(candidate)
+                server = wine.parent / "wineserver"
+                if not server.is_file():
+                    server = Path(shutil.which("wineserver") or "/nonexistent")
+                if server.is_file():
+                    return cls(wine=wine, wineserver=server)
+        raise GuestError("Wine is not installed (need wine64 and wineserver): run `make setup`, or apt-get install wine wine64")
+
+
+@dataclass(frozen=True)
+class GuestFiles:
+    """Build outputs the prefix needs (``make build`` puts them in build/wine/)."""
+
+    ntoskrnl: Path  # the callback shim, installed as system32\ntoskrnl.exe
+    ntoskwine: Path  # Wine's builtin ntoskrnl.exe, installed as system32\ntoskwine.dll
+    agent: Path  # kcbagent.exe
+    anchor: Path  # kcbanchor.sys
+
+    @classmethod
+    def in_dir(cls, folder: Path) -> GuestFiles:
+        """The files in ``folder``.
+
+        Raises:
+            GuestError: one is missing (not built yet).
+        """
+        files = cls(
+            ntoskrnl=folder / "ntoskrnl.exe",
+            ntoskwine=folder / "ntoskwine.dll",
+            agent=folder / "kcbagent.exe",
+            anchor=folder / "kcbanchor.sys",
+        )
+        missing = [str(path) for path in (files.ntoskrnl, files.ntoskwine, files.agent, files.anchor) if not path.is_file()]
+        if missing:
+            raise GuestError(f"the Wine guest is not built ({', '.join(missing)} missing): run `make build`")
+        return files
+
+    def digest(self) -> str:
+        hasher = hashlib.sha256()
+        for path in (self.ntoskrnl, self.ntoskwine, self.agent, self.anchor):
+            hasher.update(path.read_bytes())
+        return hasher.hexdigest()
+
+
+class WinePrefix:
+    """A Wine prefix owned by the harness."""
+
+    def __init__(self, root: Path, tools: WineTools, files: GuestFiles) -> None:
+        self.root = root
+        self.tools = tools
+        self.files = files
+
+    @property
+    def guest_dir(self) -> Path:
+        """Host path of ``C:\\kcb`` (driver images, agent)."""
+        return self.root / "drive_c" / "kcb"
+
+    def env(self, debug: str = "-all") -> dict[str, str]:
+        """Environment for Wine processes of this prefix, with the native ntoskrnl enabled."""
+        env = {key: value for key, value in os.environ.items() if not key.startswith("WINE")}
+        env.update(
+            WINEPREFIX=str(self.root),
+            WINEDEBUG=debug,
+            WINEDLLOVERRIDES="ntoskrnl.exe=n;mscoree,mshtml=",
+            WINEARCH="win64",
+        )
+        return env
+
+    @contextlib.contextmanager
+    def lock(self, timeout: float = 600.0) -> Iterator[None]:
+        """Hold the prefix for one session.
+
+        Raises:
+            GuestError: another session kept it for ``timeout`` seconds.
+        """
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.root.parent / f"{self.root.name}.lock", "w") as handle:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise GuestError(f"the Wine prefix {self.root} is in use by another harness run") from None
+                    time.sleep(0.1)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def kill_session(self, timeout: float = 15.0) -> None:
+        """End the prefix's Wine session, if any (all its processes)."""
+        try:
+            subprocess.run([str(self.tools.wineserver), "-k"], env=self.env(), timeout=timeout, capture_output=True, check=False)
+        except subprocess.TimeoutExpired:
+            log.warning("wineserver -k did not return within %ss", timeout)
+
+    def _run(self, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(self.tools.wine), *args], env=self.env(), timeout=timeout, capture_output=True, text=True, check=False)
+
+    def ensure(self) -> None:
+        """Create the prefix and install the guest files, unless already done for these files.
+
+        Raises:
+            GuestError: Wine failed to initialise the prefix.
+        """
+        stamp = self.root / ".kcb-stamp"
+        wanted = f"{self.tools.wine}\n{self.files.digest()}\n"
+        if stamp.is_file() and stamp.read_text() == wanted:
+            return
+        with self.lock():
+            if stamp.is_file() and stamp.read_text() == wanted:
+                return
+            started = time.monotonic()
+            if not (self.root / "system.reg").is_file():
+                log.info("creating Wine prefix %s (once, ~10 s)", self.root)
+                self.root.mkdir(parents=True, exist_ok=True)
+                result = self._run(["wineboot", "--init"], timeout=300)
+                if not (self.root / "system.reg").is_file():
+                    raise GuestError(f"wineboot --init failed for {self.root}: {result.stderr.strip()[-500:]}")
+            # Without a debugger entry a crashing driver host just dies; with one, winedbg would hang the run.
+            self._run(["reg", "delete", _AEDEBUG, "/v", "Debugger", "/f"], timeout=60)
+            self.kill_session()
+            system32 = self.root / "drive_c" / "windows" / "system32"
+            shutil.copyfile(self.files.ntoskrnl, system32 / "ntoskrnl.exe")
+            shutil.copyfile(self.files.ntoskwine, system32 / "ntoskwine.dll")
+            self.guest_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.files.agent, self.guest_dir / "kcbagent.exe")
+            shutil.copyfile(self.files.anchor, self.guest_dir / "kcbanchor.sys")
+            stamp.write_text(wanted)
+            log.info("Wine prefix ready in %.1fs", time.monotonic() - started)

@@ -1,0 +1,74 @@
+"""A self-contained HTML report: per scenario its steps, verdict and timeline."""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from harness.reports.timeline import event_row
+from harness.runner import ScenarioResult
+
+_STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}
+h1{font-size:1.4em}h2{font-size:1.1em;margin:0}
+section{border:1px solid #ccc;border-radius:6px;margin:1em 0;padding:.8em}
+.badge{display:inline-block;padding:0 .5em;border-radius:4px;color:#fff;font-weight:600;margin-right:.5em}
+.passed{background:#2e7d32}.failed{background:#c62828}.crashed{background:#6a1b9a}
+.hung{background:#ef6c00}.infra,.error{background:#455a64}.skipped{background:#9e9e9e}
+table{border-collapse:collapse;width:100%;margin:.5em 0}td,th{border-bottom:1px solid #eee;padding:2px 6px;text-align:left;vertical-align:top}
+td.t{white-space:nowrap;color:#666;font-variant-numeric:tabular-nums}
+pre,td.text{font-family:ui-monospace,monospace;white-space:pre-wrap;tab-size:8}
+tr.log td.kind{color:#1565c0}tr.action td.kind{color:#2e7d32}tr.crash td{background:#f3e5f5}tr.status td.kind{color:#6d4c41}
+.message{margin:.4em 0;font-weight:600}details{margin-top:.4em}
+"""
+
+
+def _esc(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _scenario(result: ScenarioResult, out_dir: Path) -> str:
+    parts = [f'<section id="{_esc(result.id)}"><h2><span class="badge {result.outcome}">{result.outcome}</span>{_esc(result.name)}</h2>']
+    parts.append(f"<div>{_esc(result.path)} &middot; guest {_esc(result.guest or '-')} &middot; {result.duration:.2f}s")
+    if result.raw_log.exists():
+        parts.append(f' &middot; <a href="{_esc(os.path.relpath(result.raw_log, out_dir))}">raw kernel log</a>')
+    parts.append("</div>")
+    if result.message:
+        parts.append(f'<div class="message">{_esc(result.message)}</div>')
+    if result.context:
+        parts.append("<pre>" + "".join(f"+{line.t:.3f}s {_esc(line.text)}\n" for line in result.context) + "</pre>")
+    parts.append("<table><tr><th>#</th><th>line</th><th>step</th><th>result</th><th>detail</th><th>time</th></tr>")
+    for step in result.steps:
+        parts.append(
+            f'<tr><td>{step.index + 1}</td><td>{step.line}</td><td>{_esc(step.description)}</td>'
+            f'<td><span class="badge {step.state}">{step.state}</span></td><td>{_esc(step.message)}</td>'
+            f'<td class="t">{step.end - step.start:.3f}s</td></tr>'
+        )
+    parts.append("</table>")
+    rows = sorted((event_row(event) for event in result.events), key=lambda row: row[0])
+    parts.append(f"<details{' open' if not result.passed else ''}><summary>timeline ({len(rows)} events)</summary><table>")
+    for t, kind, text in rows:
+        parts.append(f'<tr class="{kind}"><td class="t">+{t:.3f}s</td><td class="kind">{kind}</td><td class="text">{_esc(text)}</td></tr>')
+    parts.append("</table></details></section>")
+    return "".join(parts)
+
+
+def render_html(results: Sequence[ScenarioResult], out_dir: Path) -> str:
+    counts: dict[str, int] = {}
+    for result in results:
+        counts[result.outcome] = counts.get(result.outcome, 0) + 1
+    summary = " ".join(f'<span class="badge {outcome}">{count} {outcome}</span>' for outcome, count in sorted(counts.items()))
+    index = "".join(f'<li><a href="#{_esc(r.id)}">{_esc(r.name)}</a> <span class="badge {r.outcome}">{r.outcome}</span></li>' for r in results)
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    body = "".join(_scenario(result, out_dir) for result in results)
+    return (
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>kcb-harness report</title><style>{_STYLE}</style></head>"
+        f"<body><h1>kcb-harness report</h1><p>{len(results)} scenarios &middot; {summary} &middot; {generated}</p><ul>{index}</ul>{body}</body></html>\n"
+    )
+
+
+def write_html(results: Sequence[ScenarioResult], path: Path) -> None:
+    path.write_text(render_html(results, path.parent), encoding="utf-8")

@@ -1,0 +1,272 @@
+"""Runs one scenario: scenario -> guest -> steps -> kernel-log events -> expectations -> verdict.
+
+The runner owns time: a whole-scenario deadline and a per-step timeout. A
+guest that stops answering is reported as ``hung``, one that dies as
+``crashed``, a broken guest as ``infra``; an expectation that does not hold
+is ``failed``. The guest is torn down on every path, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from harness.durations import format_duration
+from harness.errors import GuestError, GuestHung
+from harness.expect.engine import Verdict, check_absence, check_order, check_presence, nearby
+from harness.guests import GuestFactory
+from harness.guests.base import DriverInstall, Guest
+from harness.kernel.events import Action, Event, GuestCrash, LogLine
+from harness.ntstatus import status_name
+from harness.scenario.loader import LoadedScenario
+from harness.scenario.model import (
+    ExpectNoStep,
+    ExpectOrderStep,
+    ExpectStep,
+    LoadStep,
+    Step,
+    UnloadStep,
+    WaitStep,
+)
+from harness.timeline import Timeline
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal["passed", "failed", "crashed", "hung", "infra", "error"]
+StepState = Literal["passed", "failed", "crashed", "hung", "infra", "skipped"]
+
+
+@dataclass
+class StepResult:
+    """One step: what it was, where it is in the file, how it went."""
+
+    index: int
+    line: int
+    kind: str
+    description: str
+    state: StepState = "skipped"
+    message: str = ""
+    start: float = 0.0
+    end: float = 0.0
+
+
+@dataclass
+class ScenarioResult:
+    """Everything the reports need about one scenario run."""
+
+    id: str
+    name: str
+    path: Path
+    guest: str
+    run_dir: Path
+    outcome: Outcome = "passed"
+    message: str = ""
+    steps: list[StepResult] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    duration: float = 0.0
+    crash: GuestCrash | None = None
+    context: list[LogLine] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome == "passed"
+
+    @property
+    def raw_log(self) -> Path:
+        return self.run_dir / "kernel-raw.log"
+
+
+class _StepFailed(Exception):
+    def __init__(self, state: StepState, message: str, context: list[LogLine] | None = None) -> None:
+        super().__init__(message)
+        self.state = state
+        self.message = message
+        self.context = context or []
+
+
+def describe_step(step: Step) -> tuple[str, str]:
+    """(kind, one-line description) of a step, for progress and reports."""
+    if isinstance(step, LoadStep):
+        expected = f" (expect {status_name(step.expect_status)})" if step.expect_status else ""
+        return "load", f"load {step.load}{expected}"
+    if isinstance(step, UnloadStep):
+        return "unload", f"unload {step.unload}"
+    if isinstance(step, ExpectStep):
+        spec = step.expect
+        return "expect", f"expect {spec.count.describe()} {spec.describe()} within {format_duration(spec.within)}"
+    if isinstance(step, ExpectNoStep):
+        return "expect_no", f"expect no {step.expect_no.describe()} for {format_duration(step.expect_no.for_)}"
+    if isinstance(step, ExpectOrderStep):
+        return "expect_order", "expect in order: " + ", ".join(p.describe() for p in step.expect_order.lines)
+    return "wait", f"wait {format_duration(step.wait)}"
+
+
+class ScenarioRun:
+    """The state of one scenario while it runs."""
+
+    def __init__(self, loaded: LoadedScenario, guest: Guest, timeline: Timeline) -> None:
+        self.loaded = loaded
+        self.scenario = loaded.scenario
+        self.guest = guest
+        self.timeline = timeline
+        self.deadline = 0.0
+        self.origin = 0.0
+        self.previous: StepResult | None = None
+
+    def crash(self) -> GuestCrash | None:
+        crashes = self.timeline.of_type(GuestCrash)
+        return crashes[0] if crashes else None
+
+    def remaining(self) -> float:
+        return self.deadline - self.timeline.now()
+
+    def step_timeout(self, step: LoadStep | UnloadStep) -> float:
+        limit = step.timeout if step.timeout is not None else self.scenario.step_timeout
+        remaining = self.remaining()
+        if remaining <= 0:
+            raise _StepFailed("hung", f"the scenario's timeout ({format_duration(self.scenario.timeout)}) has passed")
+        return min(limit, remaining)
+
+    def window_deadline(self, length: float) -> float:
+        return min(self.timeline.now() + length, self.deadline)
+
+    def execute(self, step: Step, result: StepResult) -> str:
+        if isinstance(step, LoadStep | UnloadStep):
+            return self._control(step)
+        if isinstance(step, ExpectStep | ExpectOrderStep):
+            since = step.expect.since if isinstance(step, ExpectStep) else step.expect_order.since
+            within = step.expect.within if isinstance(step, ExpectStep) else step.expect_order.within
+            # Effects of the previous step may show while it runs: look from its start.
+            start = self.origin if since == "start" or self.previous is None else self.previous.start
+            return self._await(step, start, self.window_deadline(within))
+        if isinstance(step, ExpectNoStep):
+            # Absence is about the state after the previous step: look from its end.
+            start = self.origin if step.expect_no.since == "start" or self.previous is None else self.previous.end
+            return self._await(step, start, self.window_deadline(step.expect_no.for_))
+        assert isinstance(step, WaitStep)
+        until = self.timeline.now() + step.wait
+        if until > self.deadline:
+            raise _StepFailed("hung", f"waiting {format_duration(step.wait)} would pass the scenario's timeout")
+        self.timeline.wait_for(lambda events: self.crash(), until)
+        return f"waited {format_duration(step.wait)}"
+
+    def _control(self, step: LoadStep | UnloadStep) -> str:
+        timeout = self.step_timeout(step)
+        name = step.load if isinstance(step, LoadStep) else step.unload
+        spec = self.scenario.drivers[name]
+        verb = "load" if isinstance(step, LoadStep) else "unload"
+        try:
+            outcome = self.guest.load(spec.service, timeout) if verb == "load" else self.guest.unload(spec.service, timeout)
+        except GuestHung as error:
+            raise _StepFailed("hung", f"{verb} {name}: {error}") from None
+        crash = self.crash()
+        if crash is not None:
+            raise _StepFailed("crashed", f"{verb} {name}: the guest crashed: {crash.summary}")
+        if outcome.status is None:
+            if outcome.ok and step.expect_status == 0:
+                return f"{verb} {name}: ok ({outcome.detail})"
+            raise _StepFailed("failed", f"{verb} {name}: expected {status_name(step.expect_status)}, but the guest reported no kernel status ({outcome.detail}, Win32 error {outcome.win32})")
+        if outcome.status != step.expect_status:
+            raise _StepFailed("failed", f"{verb} {name}: expected {status_name(step.expect_status)}, got {status_name(outcome.status)}")
+        return f"{verb} {name}: {status_name(outcome.status)}"
+
+    def _await(self, step: ExpectStep | ExpectNoStep | ExpectOrderStep, start: float, deadline: float) -> str:
+        def check(now: float) -> Verdict:
+            lines = [event for event in self.timeline.events() if isinstance(event, LogLine)]
+            if isinstance(step, ExpectStep):
+                return check_presence(step.expect, lines, start, now, deadline)
+            if isinstance(step, ExpectNoStep):
+                return check_absence(step.expect_no, lines, start, now, deadline)
+            return check_order(step.expect_order, lines, start, now, deadline)
+
+        def decided(events: list[Event]) -> Verdict | None:
+            if any(isinstance(event, GuestCrash) for event in events):
+                return Verdict("fail", "crash")
+            verdict = check(self.timeline.now())
+            return verdict if verdict.decided else None
+
+        verdict = self.timeline.wait_for(decided, deadline) or check(max(self.timeline.now(), deadline))
+        crash = self.crash()
+        if crash is not None:
+            raise _StepFailed("crashed", f"the guest crashed: {crash.summary}")
+        if verdict.state == "pass":
+            return verdict.message
+        if deadline >= self.deadline and self.timeline.now() >= self.deadline:
+            raise _StepFailed("hung", f"the scenario's timeout ({format_duration(self.scenario.timeout)}) ended the wait: {verdict.message}")
+        context = nearby(self.timeline.lines(), start, self.timeline.now())
+        raise _StepFailed("failed", verdict.message, context)
+
+
+def run_scenario(
+    loaded: LoadedScenario,
+    factory: GuestFactory,
+    drivers_dir: Path,
+    out_dir: Path,
+    progress: Callable[[str], None] | None = None,
+) -> ScenarioResult:
+    """Run one scenario on a fresh guest and return its result (never raises for guest trouble)."""
+    scenario = loaded.scenario
+    timeline = Timeline()
+    run_dir = out_dir / "scenarios" / loaded.id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result = ScenarioResult(id=loaded.id, name=scenario.name, path=loaded.path, guest="", run_dir=run_dir)
+    for index, step in enumerate(scenario.steps):
+        kind, description = describe_step(step)
+        result.steps.append(StepResult(index=index, line=loaded.step_lines[index], kind=kind, description=description))
+
+    images = {name: drivers_dir / spec.image for name, spec in scenario.drivers.items()}
+    missing = [f"{path.name} (driver {name})" for name, path in images.items() if not path.is_file()]
+    if missing:
+        result.outcome = "error"
+        result.message = f"driver image not found in {drivers_dir}: {', '.join(missing)}"
+        return result
+
+    guest = factory(timeline, run_dir)
+    result.guest = guest.name
+    run = ScenarioRun(loaded, guest, timeline)
+    try:
+        with guest:
+            run.deadline = timeline.now() + scenario.timeout
+            for name, spec in scenario.drivers.items():
+                guest.install(DriverInstall(service=spec.service, image=images[name], parameters=spec.parameters), scenario.step_timeout)
+            run.origin = timeline.now()
+            _run_steps(run, result, progress)
+            if result.outcome == "passed" and run.crash() is not None:
+                crash = run.crash()
+                assert crash is not None
+                result.outcome, result.message = "crashed", f"the guest crashed after the last step: {crash.summary}"
+    except GuestHung as error:
+        result.outcome, result.message = "hung", str(error)
+    except GuestError as error:
+        result.outcome, result.message = "infra", str(error)
+    finally:
+        result.events = timeline.events()
+        result.duration = timeline.now()
+        result.crash = run.crash()
+        if result.crash is not None:
+            result.context = [line for line in timeline.lines() if line.t <= result.crash.t][-10:]
+    return result
+
+
+def _run_steps(run: ScenarioRun, result: ScenarioResult, progress: Callable[[str], None] | None) -> None:
+    for step, record in zip(run.scenario.steps, result.steps, strict=True):
+        record.start = run.timeline.now()
+        try:
+            record.message = run.execute(step, record)
+            record.state = "passed"
+        except _StepFailed as failure:
+            record.state = failure.state
+            record.message = failure.message
+            result.outcome = failure.state if failure.state != "skipped" else "failed"
+            result.message = f"step {record.index + 1} (line {record.line}) {record.description}: {failure.message}"
+            result.context = failure.context
+        record.end = run.timeline.now()
+        run.timeline.append(Action(t=record.start, end=record.end, kind=record.kind, target=record.description, outcome=record.message, ok=record.state == "passed"))
+        if progress is not None:
+            progress(f"  {'ok ' if record.state == 'passed' else record.state.upper()} {record.description}: {record.message}")
+        if record.state != "passed":
+            return
+        run.previous = record

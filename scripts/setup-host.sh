@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the host packages the harness needs, only those that are missing.
+# Debian 12, as root (or with sudo). Safe to run again: does nothing when all is there.
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+
+have x86_64-w64-mingw32-gcc || need+=(gcc-mingw-w64-x86-64 binutils-mingw-w64-x86-64)
+[ -f /usr/share/mingw-w64/include/ddk/ntddk.h ] || need+=(mingw-w64-x86-64-dev)
+{ [ -x /usr/lib/wine/wine64 ] && [ -x /usr/lib/wine/wineserver ] ; } || need+=(wine wine64)
+[ -f /usr/lib/x86_64-linux-gnu/wine/x86_64-windows/ntoskrnl.exe ] || need+=(libwine)
+have osslsigncode || need+=(osslsigncode)
+have openssl || need+=(openssl)
+have make || need+=(make)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "setup-host: installing ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
+$SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${need[@]}" >/dev/null
