@@ -71,7 +71,10 @@ def run_command(args: argparse.Namespace) -> int:
             print(f"{mark:<4} {loaded.id} ({result.duration:.2f}s){': ' + result.message if result.message else ''}", flush=True)
     except KeyboardInterrupt:
         write_reports(results, settings.out_dir)
-        print(f"interrupted after {len(results)} of {len(scenarios)} scenarios; guest torn down; reports in {settings.out_dir}", file=sys.stderr)
+        print(
+            f"interrupted after {len(results)} of {len(scenarios)} scenarios; guest torn down; reports in {settings.out_dir}",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     passed = sum(1 for r in results if r.passed)
     print(f"{passed} passed, {len(results) - passed} failed in {time.monotonic() - started:.1f}s; reports in {settings.out_dir}")
@@ -80,7 +83,9 @@ def run_command(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     signal.signal(signal.SIGTERM, _terminate)
     try:
         if args.command == "run":

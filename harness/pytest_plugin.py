@@ -43,7 +43,7 @@ def _settings(config: pytest.Config) -> Settings:
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> ScenarioFile | None:
     if file_path.suffix in SUFFIXES and "scenarios" in file_path.parent.parts:
-        return ScenarioFile.from_parent(parent, path=file_path)  # type: ignore[no-any-return]
+        return ScenarioFile.from_parent(parent, path=file_path)
     return None
 
 

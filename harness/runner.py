@@ -168,7 +168,11 @@ class ScenarioRun:
         if outcome.status is None:
             if outcome.ok and step.expect_status == 0:
                 return f"{verb} {name}: ok ({outcome.detail})"
-            raise _StepFailed("failed", f"{verb} {name}: expected {status_name(step.expect_status)}, but the guest reported no kernel status ({outcome.detail}, Win32 error {outcome.win32})")
+            raise _StepFailed(
+                "failed",
+                f"{verb} {name}: expected {status_name(step.expect_status)}, but the guest reported no kernel status "
+                f"({outcome.detail}, Win32 error {outcome.win32})",
+            )
         if outcome.status != step.expect_status:
             raise _StepFailed("failed", f"{verb} {name}: expected {status_name(step.expect_status)}, got {status_name(outcome.status)}")
         return f"{verb} {name}: {status_name(outcome.status)}"
@@ -195,7 +199,9 @@ class ScenarioRun:
         if verdict.state == "pass":
             return verdict.message
         if deadline >= self.deadline and self.timeline.now() >= self.deadline:
-            raise _StepFailed("hung", f"the scenario's timeout ({format_duration(self.scenario.timeout)}) ended the wait: {verdict.message}")
+            raise _StepFailed(
+                "hung", f"the scenario's timeout ({format_duration(self.scenario.timeout)}) ended the wait: {verdict.message}"
+            )
         context = nearby(self.timeline.lines(), start, self.timeline.now())
         raise _StepFailed("failed", verdict.message, context)
 
@@ -264,7 +270,16 @@ def _run_steps(run: ScenarioRun, result: ScenarioResult, progress: Callable[[str
             result.message = f"step {record.index + 1} (line {record.line}) {record.description}: {failure.message}"
             result.context = failure.context
         record.end = run.timeline.now()
-        run.timeline.append(Action(t=record.start, end=record.end, kind=record.kind, target=record.description, outcome=record.message, ok=record.state == "passed"))
+        run.timeline.append(
+            Action(
+                t=record.start,
+                end=record.end,
+                kind=record.kind,
+                target=record.description,
+                outcome=record.message,
+                ok=record.state == "passed",
+            )
+        )
         if progress is not None:
             progress(f"  {'ok ' if record.state == 'passed' else record.state.upper()} {record.description}: {record.message}")
         if record.state != "passed":

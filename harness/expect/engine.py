@@ -53,7 +53,12 @@ def check_absence(spec: Absence, lines: Sequence[LogLine], start: float, now: fl
     seen = tuple(line for line in _window(lines, start) if spec.matches(line.text))
     if seen:
         first = seen[0]
-        return Verdict("fail", f"expected no line with {spec.describe()} for {format_duration(spec.for_)}; saw {len(seen)}, first at +{first.t:.3f}s: {first.text!r}", seen)
+        return Verdict(
+            "fail",
+            f"expected no line with {spec.describe()} for {format_duration(spec.for_)}; "
+            f"saw {len(seen)}, first at +{first.t:.3f}s: {first.text!r}",
+            seen,
+        )
     if now >= deadline:
         return Verdict("pass", f"no line with {spec.describe()} for {format_duration(spec.for_)}")
     return Verdict("pending")
@@ -70,7 +75,12 @@ def check_order(spec: Order, lines: Sequence[LogLine], start: float, now: float,
     if now >= deadline:
         missing = spec.lines[len(found)]
         after = f" after +{found[-1].t:.3f}s" if found else ""
-        return Verdict("fail", f"expected {len(spec.lines)} lines in order within {format_duration(spec.within)}; matched {len(found)}, then no {missing.describe()}{after}", tuple(found))
+        return Verdict(
+            "fail",
+            f"expected {len(spec.lines)} lines in order within {format_duration(spec.within)}; "
+            f"matched {len(found)}, then no {missing.describe()}{after}",
+            tuple(found),
+        )
     return Verdict("pending", "", tuple(found))
 
 

@@ -18,7 +18,8 @@ section{border:1px solid #ccc;border-radius:6px;margin:1em 0;padding:.8em}
 .badge{display:inline-block;padding:0 .5em;border-radius:4px;color:#fff;font-weight:600;margin-right:.5em}
 .passed{background:#2e7d32}.failed{background:#c62828}.crashed{background:#6a1b9a}
 .hung{background:#ef6c00}.infra,.error{background:#455a64}.skipped{background:#9e9e9e}
-table{border-collapse:collapse;width:100%;margin:.5em 0}td,th{border-bottom:1px solid #eee;padding:2px 6px;text-align:left;vertical-align:top}
+table{border-collapse:collapse;width:100%;margin:.5em 0}
+td,th{border-bottom:1px solid #eee;padding:2px 6px;text-align:left;vertical-align:top}
 td.t{white-space:nowrap;color:#666;font-variant-numeric:tabular-nums}
 pre,td.text{font-family:ui-monospace,monospace;white-space:pre-wrap;tab-size:8}
 tr.log td.kind{color:#1565c0}tr.action td.kind{color:#2e7d32}tr.crash td{background:#f3e5f5}tr.status td.kind{color:#6d4c41}
@@ -43,7 +44,7 @@ def _scenario(result: ScenarioResult, out_dir: Path) -> str:
     parts.append("<table><tr><th>#</th><th>line</th><th>step</th><th>result</th><th>detail</th><th>time</th></tr>")
     for step in result.steps:
         parts.append(
-            f'<tr><td>{step.index + 1}</td><td>{step.line}</td><td>{_esc(step.description)}</td>'
+            f"<tr><td>{step.index + 1}</td><td>{step.line}</td><td>{_esc(step.description)}</td>"
             f'<td><span class="badge {step.state}">{step.state}</span></td><td>{_esc(step.message)}</td>'
             f'<td class="t">{step.end - step.start:.3f}s</td></tr>'
         )
@@ -61,12 +62,15 @@ def render_html(results: Sequence[ScenarioResult], out_dir: Path) -> str:
     for result in results:
         counts[result.outcome] = counts.get(result.outcome, 0) + 1
     summary = " ".join(f'<span class="badge {outcome}">{count} {outcome}</span>' for outcome, count in sorted(counts.items()))
-    index = "".join(f'<li><a href="#{_esc(r.id)}">{_esc(r.name)}</a> <span class="badge {r.outcome}">{r.outcome}</span></li>' for r in results)
+    index = "".join(
+        f'<li><a href="#{_esc(r.id)}">{_esc(r.name)}</a> <span class="badge {r.outcome}">{r.outcome}</span></li>' for r in results
+    )
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     body = "".join(_scenario(result, out_dir) for result in results)
     return (
         f"<!doctype html><html lang=en><head><meta charset=utf-8><title>kcb-harness report</title><style>{_STYLE}</style></head>"
-        f"<body><h1>kcb-harness report</h1><p>{len(results)} scenarios &middot; {summary} &middot; {generated}</p><ul>{index}</ul>{body}</body></html>\n"
+        f"<body><h1>kcb-harness report</h1><p>{len(results)} scenarios &middot; {summary} &middot; {generated}</p>"
+        f"<ul>{index}</ul>{body}</body></html>\n"
     )
 
 

@@ -24,9 +24,25 @@ def junit_xml(results: Sequence[ScenarioResult], suite: str = "kcb-harness") -> 
     errors = sum(1 for r in results if r.outcome not in ("passed", "failed"))
     total_time = sum(r.duration for r in results)
     root = ET.Element("testsuites", tests=str(len(results)), failures=str(failures), errors=str(errors), time=f"{total_time:.3f}")
-    node = ET.SubElement(root, "testsuite", name=suite, tests=str(len(results)), failures=str(failures), errors=str(errors), skipped="0", time=f"{total_time:.3f}")
+    node = ET.SubElement(
+        root,
+        "testsuite",
+        name=suite,
+        tests=str(len(results)),
+        failures=str(failures),
+        errors=str(errors),
+        skipped="0",
+        time=f"{total_time:.3f}",
+    )
     for result in results:
-        case = ET.SubElement(node, "testcase", classname=f"scenarios.{result.id}", name=_clean(result.name), file=str(result.path), time=f"{result.duration:.3f}")
+        case = ET.SubElement(
+            node,
+            "testcase",
+            classname=f"scenarios.{result.id}",
+            name=_clean(result.name),
+            file=str(result.path),
+            time=f"{result.duration:.3f}",
+        )
         properties = ET.SubElement(case, "properties")
         ET.SubElement(properties, "property", name="outcome", value=result.outcome)
         ET.SubElement(properties, "property", name="guest", value=result.guest)

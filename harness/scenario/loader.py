@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from harness.errors import ScenarioError
 from harness.scenario.model import STEP_KINDS, LoadStep, Scenario, UnloadStep
@@ -84,16 +85,16 @@ def _data_path(data: Any, loc: tuple[str | int, ...]) -> PathKey:
         if position == 2 and loc[0] == "steps" and part in STEP_KINDS and len(loc) > 3:
             continue  # the union tag pydantic puts after a step's index
         key = "for" if part == "for_" else part
-        if isinstance(current, dict) and key in current:
-            current = current[key]
-            path.append(key)
-        elif isinstance(current, list) and isinstance(key, int) and 0 <= key < len(current):
+        found = (isinstance(current, dict) and key in current) or (
+            isinstance(current, list) and isinstance(key, int) and 0 <= key < len(current)
+        )
+        if found:
             current = current[key]
             path.append(key)
     return tuple(path)
 
 
-def _message(error: dict[str, Any]) -> str:
+def _message(error: ErrorDetails) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         return "unknown key"
@@ -149,13 +150,15 @@ def _check_references(path: Path, scenario: Scenario, lines: dict[PathKey, int])
             key = "load" if isinstance(step, LoadStep) else "unload"
             name = step.load if isinstance(step, LoadStep) else step.unload
             if name not in scenario.drivers:
-                field = ("steps", index, key)
-                raise ScenarioError(path, lines.get(field), format_field(field), f"no driver named {name!r} in drivers (known: {known})")
-    services = [spec.service.lower() for spec in scenario.drivers.values()]
+                where: PathKey = ("steps", index, key)
+                raise ScenarioError(path, lines.get(where), format_field(where), f"no driver named {name!r} in drivers (known: {known})")
+    seen: dict[str, str] = {}
     for logical, spec in scenario.drivers.items():
-        if services.count(spec.service.lower()) > 1:
-            field = ("drivers", logical, "service")
-            raise ScenarioError(path, lines.get(field), format_field(field), f"service name {spec.service!r} is used by two drivers")
+        if spec.service.lower() in seen:
+            where = ("drivers", logical, "service")
+            message = f"service name {spec.service!r} is already used by driver {seen[spec.service.lower()]!r}"
+            raise ScenarioError(path, lines.get(where), format_field(where), message)
+        seen[spec.service.lower()] = logical
 
 
 def discover(paths: list[Path]) -> list[Path]:

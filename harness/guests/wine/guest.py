@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO
 
@@ -70,9 +71,13 @@ class WineGuest(Guest):
 
     name = "wine"
 
-    def __init__(self, timeline: Timeline, run_dir: Path, prefix: WinePrefix) -> None:
+    def __init__(self, timeline: Timeline, run_dir: Path, prefix: WinePrefix, *, shim: bool = True) -> None:
+        """Args:
+        shim: use the callback-object ntoskrnl; False runs on Wine's own (stubbed) callback API.
+        """
         super().__init__(timeline, run_dir)
         self.prefix = prefix
+        self.shim = shim
         self._lock = prefix.lock()
         self._locked = False
         self._agent: subprocess.Popen[bytes] | None = None
@@ -93,7 +98,7 @@ class WineGuest(Guest):
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=self.prefix.env(SESSION_DEBUG),
+            env=self.prefix.env(SESSION_DEBUG, shim=self.shim),
             start_new_session=True,  # Ctrl-C reaches the harness, which tears the session down
         )
         assert self._agent.stdout is not None and self._agent.stderr is not None
@@ -148,10 +153,9 @@ class WineGuest(Guest):
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def _install_service(self, service: str, image: str, parameters: dict[str, int | str] | object, timeout: float) -> None:
+    def _install_service(self, service: str, image: str, parameters: Mapping[str, int | str], timeout: float) -> None:
         self._request(timeout, "install", service, SERVICE_GROUP, image)
         self._request(timeout, "clearparams", service)
-        assert isinstance(parameters, dict)
         for name, value in parameters.items():
             if isinstance(value, int):
                 self._request(timeout, "param", service, name, "dword", value)
@@ -216,7 +220,7 @@ class WineGuest(Guest):
             return ControlResult(ok=False, status=None, win32=win32, detail=f"guest crashed: {found.summary}")
         return ControlResult(ok=ok, status=status, win32=win32, detail=detail)
 
-    def _spawn(self, target: object, pipe: IO[bytes]) -> None:
+    def _spawn(self, target: Callable[[IO[bytes]], None], pipe: IO[bytes]) -> None:
         thread = threading.Thread(target=target, args=(pipe,), daemon=True, name=f"wine-{getattr(target, '__name__', '')}")
         thread.start()
         self._threads.append(thread)

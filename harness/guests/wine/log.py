@@ -16,7 +16,9 @@ from harness.kernel.events import DriverStatus, Event, GuestCrash, LogLine
 _DBGPRINT = re.compile(r"^[0-9a-f]{4,8}:warn:debugstr:vDbgPrintExWithPrefix [0-9a-f]{8}:[0-9a-f]{8}: (.*)$")
 _WINE_CHANNEL = re.compile(r"^[0-9a-f]{4,8}:(fixme|err|warn|trace):")
 _SHIM = re.compile(r"^kcb-shim: (load|unload) (\S+) status 0x([0-9a-fA-F]{8})$")
-_UNHANDLED = re.compile(r"^wine: Unhandled (.*?)(?: at address ([0-9A-Fa-f]+))?(?: \(thread ([0-9a-fA-F]+)\))?(?:, starting debugger\.\.\.)?$")
+_UNHANDLED = re.compile(
+    r"^wine: Unhandled (.*?)(?: at address ([0-9A-Fa-f]+))?(?: \(thread ([0-9a-fA-F]+)\))?(?:, starting debugger\.\.\.)?$"
+)
 _EXCEPTION_CODE = re.compile(r"exception (?:code )?(?:0x)?([0-9a-fA-F]{8})")
 _ACCESS = re.compile(r"page fault on (read|write|execute) access to (?:0x)?([0-9A-Fa-f]+)")
 

@@ -92,9 +92,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 3:
         print("usage: python3 -m harness.guests.wine.ntoskrnl WINE_NTOSKRNL_EXE OUTDIR", file=sys.stderr)  # noqa: T201
         return 2
-    objdump = subprocess.run(
-        ["x86_64-w64-mingw32-objdump", "-p", argv[1]], check=True, capture_output=True, text=True
-    ).stdout
+    objdump = subprocess.run(["x86_64-w64-mingw32-objdump", "-p", argv[1]], check=True, capture_output=True, text=True).stdout
     exports = parse_objdump_exports(objdump)
     out = Path(argv[2])
     out.mkdir(parents=True, exist_ok=True)

@@ -105,13 +105,19 @@ class WinePrefix:
         """Host path of ``C:\\kcb`` (driver images, agent)."""
         return self.root / "drive_c" / "kcb"
 
-    def env(self, debug: str = "-all") -> dict[str, str]:
-        """Environment for Wine processes of this prefix, with the native ntoskrnl enabled."""
+    def env(self, debug: str = "-all", shim: bool = True) -> dict[str, str]:
+        """Environment for Wine processes of this prefix.
+
+        Args:
+            debug: WINEDEBUG channels.
+            shim: load the callback-object ntoskrnl (False: Wine's own, whose callback API is stubbed).
+        """
         env = {key: value for key, value in os.environ.items() if not key.startswith("WINE")}
         env.update(
             WINEPREFIX=str(self.root),
             WINEDEBUG=debug,
-            WINEDLLOVERRIDES="ntoskrnl.exe=n;mscoree,mshtml=",
+            # mscoree/mshtml off: no Mono/Gecko install prompts (and no network) on wineboot.
+            WINEDLLOVERRIDES=f"ntoskrnl.exe={'n' if shim else 'b'};mscoree,mshtml=",
             WINEARCH="win64",
         )
         return env

@@ -1,0 +1,52 @@
+"""JUnit XML and HTML reports from results."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from harness.kernel.events import Action, GuestCrash, LogLine
+from harness.reports import write_reports
+from harness.runner import ScenarioResult, StepResult
+
+NOTIFY = "[sysRecv1]:get notify ulType:(1)\tulValue:(hello)"
+
+
+def results(tmp_path: Path) -> list[ScenarioResult]:
+    good = ScenarioResult(id="01-good", name="good <one>", path=Path("scenarios/01-good.yaml"), guest="wine", run_dir=tmp_path / "s" / "01")
+    good.events = [LogLine(0.5, NOTIFY), Action(0.1, 0.2, "load", "load sender", "STATUS_SUCCESS (0x00000000)")]
+    good.steps = [StepResult(0, 7, "load", "load sender", "passed", "ok", 0.1, 0.2)]
+    bad = ScenarioResult(id="02-bad", name="bad", path=Path("scenarios/02-bad.yaml"), guest="wine", run_dir=tmp_path / "s" / "02")
+    bad.outcome, bad.message = "failed", "step 2 (line 9) expect: saw 0"
+    bad.context = [LogLine(1.0, "control \x01 char")]
+    crashed = ScenarioResult(id="03-crash", name="crash", path=Path("scenarios/03.yaml"), guest="wine", run_dir=tmp_path / "s" / "03")
+    crashed.outcome, crashed.message = "crashed", "page fault"
+    crashed.crash = GuestCrash(2.0, "page fault", code=0xC0000005, parameters=(8, 0x1000))
+    crashed.events = [crashed.crash]
+    return [good, bad, crashed]
+
+
+def test_junit_has_one_case_per_scenario_and_parses(tmp_path: Path) -> None:
+    write_reports(results(tmp_path), tmp_path)
+    root = ET.parse(tmp_path / "junit.xml").getroot()
+    suite = root.find("testsuite")
+    assert suite is not None and suite.get("tests") == "3" and suite.get("failures") == "1" and suite.get("errors") == "1"
+    cases = suite.findall("testcase")
+    assert [case.get("name") for case in cases] == ["good <one>", "bad", "crash"]
+    assert cases[0].find("failure") is None and NOTIFY in (cases[0].findtext("system-out") or "")
+    failure = cases[1].find("failure")
+    assert failure is not None and failure.get("message") == "step 2 (line 9) expect: saw 0"
+    assert "\ufffd" in (failure.text or "")
+    error = cases[2].find("error")
+    assert error is not None and error.get("type") == "crashed"
+    props = {p.get("name"): p.get("value") for p in cases[2].iter("property")}
+    assert props["crash_code"] == "0xC0000005" and props["outcome"] == "crashed"
+
+
+def test_html_is_self_contained_and_escaped(tmp_path: Path) -> None:
+    write_reports(results(tmp_path), tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    assert "good &lt;one&gt;" in page and "good <one>" not in page
+    assert "<script" not in page and "http" not in page.split("<body>")[1].split("href")[0]
+    assert NOTIFY.replace("\t", "\t") in page
+    assert (tmp_path / "s" / "01" / "timeline.txt").read_text().count("\n") == 2

@@ -1,0 +1,156 @@
+"""The runner's verdicts, with a scripted in-memory guest (the real guests have integration tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from harness.errors import GuestError, GuestHung
+from harness.guests.base import ControlResult, DriverInstall, Guest
+from harness.kernel.events import DriverStatus, GuestCrash, LogLine
+from harness.runner import ScenarioResult, run_scenario
+from harness.scenario.loader import load_scenario
+from harness.timeline import Timeline
+
+Script = Callable[["ScriptedGuest", str, str], ControlResult]
+
+
+class ScriptedGuest(Guest):
+    name = "scripted"
+
+    def __init__(self, timeline: Timeline, run_dir: Path, script: Script) -> None:
+        super().__init__(timeline, run_dir)
+        self.script = script
+        self.installed: list[DriverInstall] = []
+        self.started = self.stopped = False
+
+    def start(self) -> None:
+        self.started = True
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def install(self, driver: DriverInstall, timeout: float) -> None:
+        self.installed.append(driver)
+
+    def load(self, service: str, timeout: float) -> ControlResult:
+        return self.script(self, "load", service)
+
+    def unload(self, service: str, timeout: float) -> ControlResult:
+        return self.script(self, "unload", service)
+
+    def log(self, *texts: str) -> None:
+        for text in texts:
+            self.timeline.append(LogLine(t=self.timeline.now(), text=text))
+
+
+def succeed(guest: ScriptedGuest, action: str, service: str) -> ControlResult:
+    guest.timeline.append(DriverStatus(t=guest.timeline.now(), action=action, service=service, status=0))
+    if action == "load" and service == "sysTest":
+        guest.log("[sysTest] send.", "[sysTest] send.")
+    return ControlResult(ok=True, status=0, win32=None, detail="ok")
+
+
+SCENARIO = """\
+name: scripted
+drivers:
+  sender: {image: sender.sys, service: sysTest, parameters: {PeriodMs: 200}}
+timeout: 5s
+steps:
+  - load: sender
+  - expect: {line: "[sysTest] send.", count: {min: 2}, within: 200ms}
+  - unload: sender
+"""
+
+
+def run(tmp_path: Path, script: Script, text: str = SCENARIO, images: bool = True) -> tuple[ScenarioResult, list[ScriptedGuest]]:
+    drivers = tmp_path / "drivers"
+    drivers.mkdir(exist_ok=True)
+    if images:
+        (drivers / "sender.sys").write_bytes(b"MZ")
+    path = tmp_path / "case.yaml"
+    path.write_text(text)
+    guests: list[ScriptedGuest] = []
+
+    def factory(timeline: Timeline, run_dir: Path) -> Guest:
+        guests.append(ScriptedGuest(timeline, run_dir, script))
+        return guests[-1]
+
+    return run_scenario(load_scenario(path), factory, drivers, tmp_path / "out"), guests
+
+
+def test_passing_scenario(tmp_path: Path) -> None:
+    result, guests = run(tmp_path, succeed)
+    assert result.outcome == "passed", result.message
+    assert [s.state for s in result.steps] == ["passed", "passed", "passed"]
+    assert guests[0].installed[0].parameters == {"PeriodMs": 200}
+    assert guests[0].started and guests[0].stopped
+
+
+def test_failed_expectation_reports_step_line_and_nearby_lines(tmp_path: Path) -> None:
+    result, guests = run(tmp_path, succeed, SCENARIO.replace("{min: 2}", "{min: 3}"))
+    assert result.outcome == "failed"
+    assert result.message.startswith("step 2 (line 7) expect at least 3")
+    assert "saw 2" in result.message
+    assert [line.text for line in result.context] == ["[sysTest] send.", "[sysTest] send."]
+    assert [s.state for s in result.steps] == ["passed", "failed", "skipped"]
+    assert guests[0].stopped
+
+
+def test_wrong_load_status(tmp_path: Path) -> None:
+    def fail_load(guest: ScriptedGuest, action: str, service: str) -> ControlResult:
+        return ControlResult(ok=False, status=0xC0000034, win32=2, detail="StartService failed")
+
+    result, _ = run(tmp_path, fail_load)
+    assert result.outcome == "failed"
+    assert "expected STATUS_SUCCESS (0x00000000), got STATUS_OBJECT_NAME_NOT_FOUND (0xC0000034)" in result.message
+
+
+def test_hang_is_reported_as_hung(tmp_path: Path) -> None:
+    def hang(guest: ScriptedGuest, action: str, service: str) -> ControlResult:
+        raise GuestHung("the guest did not answer 'start' within 30s")
+
+    result, guests = run(tmp_path, hang)
+    assert result.outcome == "hung" and "did not answer" in result.message
+    assert guests[0].stopped
+
+
+def test_crash_is_reported_as_crashed_with_evidence(tmp_path: Path) -> None:
+    def crash(guest: ScriptedGuest, action: str, service: str) -> ControlResult:
+        guest.log("[sysRecv1] last words")
+        guest.timeline.append(GuestCrash(t=guest.timeline.now(), summary="unhandled page fault", code=0xC0000005))
+        return ControlResult(ok=False, status=None, win32=None, detail="guest crashed")
+
+    result, _ = run(tmp_path, crash)
+    assert result.outcome == "crashed" and "unhandled page fault" in result.message
+    assert result.crash is not None and result.crash.code == 0xC0000005
+    assert [line.text for line in result.context] == ["[sysRecv1] last words"]
+
+
+def test_infrastructure_error(tmp_path: Path) -> None:
+    def broken(guest: ScriptedGuest, action: str, service: str) -> ControlResult:
+        raise GuestError("the Wine guest agent exited")
+
+    result, _ = run(tmp_path, broken)
+    assert result.outcome == "infra" and "agent exited" in result.message
+
+
+def test_missing_image_is_an_error_before_any_guest_starts(tmp_path: Path) -> None:
+    result, guests = run(tmp_path, succeed, images=False)
+    assert result.outcome == "error" and "sender.sys (driver sender)" in result.message
+    assert guests == []
+
+
+def test_scenario_timeout_ends_a_long_wait(tmp_path: Path) -> None:
+    text = SCENARIO.replace("timeout: 5s", "timeout: 300ms").replace("within: 200ms", "within: 10s").replace("{min: 2}", "{min: 9}")
+    result, _ = run(tmp_path, succeed, text)
+    assert result.outcome == "hung" and "scenario's timeout" in result.message
+
+
+@pytest.mark.parametrize(("since", "outcome"), [("previous", "passed"), ("start", "failed")])
+def test_expect_no_looks_after_the_previous_step(tmp_path: Path, since: str, outcome: str) -> None:
+    text = SCENARIO + f"  - expect_no: {{line: '[sysTest] send.', for: 50ms, since: {since}}}\n"
+    result, _ = run(tmp_path, succeed, text)
+    assert result.outcome == outcome, result.message

@@ -1,0 +1,58 @@
+"""Parsing the Wine session's stderr into kernel events."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.guests.wine.log import STATUS_ACCESS_VIOLATION, parse_line
+from harness.kernel.events import DriverStatus, GuestCrash, LogLine
+
+PREFIX = "012c:warn:debugstr:vDbgPrintExWithPrefix 0000004d:00000001: "
+
+
+def test_dbgprint_keeps_the_exact_text_with_tabs() -> None:
+    event = parse_line(PREFIX + "[sysRecv1]:get notify ulType:(1)\tulValue:(hello)\n", 1.5)
+    assert event == LogLine(t=1.5, text="[sysRecv1]:get notify ulType:(1)\tulValue:(hello)")
+
+
+def test_dbgprint_keeps_leading_spaces_of_the_message() -> None:
+    event = parse_line(PREFIX + "  indented\n", 0.0)
+    assert isinstance(event, LogLine) and event.text == "  indented"
+
+
+@pytest.mark.parametrize(
+    ("line", "action", "service", "status"),
+    [
+        (PREFIX + "kcb-shim: load sysRecv1 status 0xc0000034", "load", "sysRecv1", 0xC0000034),
+        (PREFIX + "kcb-shim: unload sysTest status 0x00000000", "unload", "sysTest", 0),
+    ],
+)
+def test_shim_status_lines(line: str, action: str, service: str, status: int) -> None:
+    assert parse_line(line, 2.0) == DriverStatus(t=2.0, action=action, service=service, status=status)
+
+
+def test_page_fault_is_a_crash_with_code_and_address() -> None:
+    line = "wine: Unhandled page fault on execute access to 00000000024B1020 at address 00000000024B1020 (thread 0158), starting debugger..."
+    event = parse_line(line, 3.0)
+    assert isinstance(event, GuestCrash)
+    assert event.code == STATUS_ACCESS_VIOLATION
+    assert event.parameters == (8, 0x24B1020)
+    assert "execute access to 0x24b1020" in event.summary
+    assert event.evidence == (line,)
+
+
+def test_other_unhandled_exception() -> None:
+    event = parse_line("wine: Unhandled exception 0xc0000409 in thread 0158 at address 0000000140001000", 0.0)
+    assert isinstance(event, GuestCrash) and event.code == 0xC0000409
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["0024:fixme:ntoskrnl:KeInitializeSpinLock stub", "0024:err:module:import_dll failed", "wine: created the configuration directory", ""],
+)
+def test_wine_chatter_is_ignored(line: str) -> None:
+    assert parse_line(line, 0.0) is None
+
+
+def test_continuation_of_a_multiline_print_is_a_log_line() -> None:
+    assert parse_line("second line of a DbgPrint\n", 0.0) == LogLine(t=0.0, text="second line of a DbgPrint")
