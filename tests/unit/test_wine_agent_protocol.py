@@ -19,7 +19,7 @@ def test_a_field_cannot_smuggle_another_request(evil: str) -> None:
 
 
 def test_shell_metacharacters_pass_as_plain_text() -> None:
-    text = "a & del C:\\ | calc; $(x) `y` \"q\""
+    text = 'a & del C:\\ | calc; $(x) `y` "q"'
     assert agent_command("param", "s", "Tag", "sz", text).split("\t")[-1] == text + "\n"
 
 

@@ -32,7 +32,9 @@ def test_shim_status_lines(line: str, action: str, service: str, status: int) ->
 
 
 def test_page_fault_is_a_crash_with_code_and_address() -> None:
-    line = "wine: Unhandled page fault on execute access to 00000000024B1020 at address 00000000024B1020 (thread 0158), starting debugger..."
+    line = (
+        "wine: Unhandled page fault on execute access to 00000000024B1020 at address 00000000024B1020 (thread 0158), starting debugger..."
+    )
     event = parse_line(line, 3.0)
     assert isinstance(event, GuestCrash)
     assert event.code == STATUS_ACCESS_VIOLATION
@@ -56,3 +58,13 @@ def test_wine_chatter_is_ignored(line: str) -> None:
 
 def test_continuation_of_a_multiline_print_is_a_log_line() -> None:
     assert parse_line("second line of a DbgPrint\n", 0.0) == LogLine(t=0.0, text="second line of a DbgPrint")
+
+
+def test_wine_timestamps_are_accepted_and_read() -> None:
+    from harness.guests.wine.log import guest_timestamp
+
+    line = "1175.921:0060:warn:debugstr:vDbgPrintExWithPrefix 0000004d:00000001: [sysTest] send."
+    assert parse_line(line, 0.0) == LogLine(t=0.0, text="[sysTest] send.")
+    assert guest_timestamp(line) == pytest.approx(1175.921)
+    assert guest_timestamp(PREFIX + "x") is None
+    assert parse_line("1175.921:0060:fixme:ntoskrnl:stub", 0.0) is None

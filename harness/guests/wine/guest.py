@@ -70,6 +70,8 @@ class WineGuest(Guest):
     """A Wine session with the callback shim, driven through kcbagent.exe."""
 
     name = "wine"
+    #: WINEDEBUG of the session (benchmarks add +timestamp).
+    session_debug = SESSION_DEBUG
 
     def __init__(self, timeline: Timeline, run_dir: Path, prefix: WinePrefix, *, shim: bool = True) -> None:
         """Args:
@@ -98,7 +100,7 @@ class WineGuest(Guest):
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=self.prefix.env(SESSION_DEBUG, shim=self.shim),
+            env=self.prefix.env(self.session_debug, shim=self.shim),
             start_new_session=True,  # Ctrl-C reaches the harness, which tears the session down
         )
         assert self._agent.stdout is not None and self._agent.stderr is not None

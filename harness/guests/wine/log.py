@@ -13,8 +13,10 @@ import re
 
 from harness.kernel.events import DriverStatus, Event, GuestCrash, LogLine
 
-_DBGPRINT = re.compile(r"^[0-9a-f]{4,8}:warn:debugstr:vDbgPrintExWithPrefix [0-9a-f]{8}:[0-9a-f]{8}: (.*)$")
-_WINE_CHANNEL = re.compile(r"^[0-9a-f]{4,8}:(fixme|err|warn|trace):")
+#: Wine's optional ``+timestamp`` prefix (its monotonic tick count, in seconds with milliseconds).
+_TIMESTAMP = re.compile(r"^(\d+\.\d{3}):")
+_DBGPRINT = re.compile(r"^(?:\d+\.\d{3}:)?[0-9a-f]{4,8}:warn:debugstr:vDbgPrintExWithPrefix [0-9a-f]{8}:[0-9a-f]{8}: (.*)$")
+_WINE_CHANNEL = re.compile(r"^(?:\d+\.\d{3}:)?[0-9a-f]{4,8}:(fixme|err|warn|trace):")
 _SHIM = re.compile(r"^kcb-shim: (load|unload) (\S+) status 0x([0-9a-fA-F]{8})$")
 _UNHANDLED = re.compile(
     r"^wine: Unhandled (.*?)(?: at address ([0-9A-Fa-f]+))?(?: \(thread ([0-9a-fA-F]+)\))?(?:, starting debugger\.\.\.)?$"
@@ -46,6 +48,12 @@ def parse_line(text: str, t: float) -> Event | None:
     if _WINE_CHANNEL.match(text) or text.startswith("wine: ") or not text:
         return None
     return LogLine(t=t, text=text)
+
+
+def guest_timestamp(text: str) -> float | None:
+    """Wine's ``+timestamp`` of a line (CLOCK_MONOTONIC_RAW seconds), when present."""
+    match = _TIMESTAMP.match(text)
+    return float(match.group(1)) if match else None
 
 
 def _crash(text: str, match: re.Match[str], t: float) -> GuestCrash:

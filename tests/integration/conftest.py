@@ -1,0 +1,56 @@
+"""Shared set-up for tests on the real embedded guest (Wine, real compiled drivers)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness.config import Settings, project_root
+from harness.guests import GuestFactory, guest_factory
+from harness.guests.wine.prefix import GuestFiles, WinePrefix, WineTools
+
+ROOT = project_root()
+DATA = ROOT / "tests" / "data"
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings.defaults()
+
+
+@pytest.fixture(scope="session")
+def wine_factory(settings: Settings) -> GuestFactory:
+    """The real Wine guest; `make test` has built the drivers and installed Wine before pytest starts."""
+    return guest_factory(settings)
+
+
+@pytest.fixture(scope="session")
+def wine_prefix(settings: Settings, wine_factory: GuestFactory) -> WinePrefix:
+    return WinePrefix(settings.cache_dir / "wine-prefix", WineTools.find(), GuestFiles.in_dir(settings.build_dir / "wine"))
+
+
+def session_processes(prefix: WinePrefix) -> list[int]:
+    """Pids of live processes that belong to the prefix's Wine session."""
+    wanted = f"WINEPREFIX={prefix.root}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if wanted in (entry / "environ").read_bytes().split(b"\0"):
+                state = (entry / "stat").read_text().split(") ", 1)[1][0]
+                if state != "Z":
+                    pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.fixture
+def no_session_left(wine_prefix: WinePrefix) -> Iterator[None]:
+    """Fails the test if it leaves any process of the Wine session behind."""
+    yield
+    assert session_processes(wine_prefix) == []

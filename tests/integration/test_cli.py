@@ -1,0 +1,103 @@
+"""`python -m harness run` as users and CI call it, on the real embedded guest."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from harness.guests.wine.prefix import WinePrefix
+from tests.integration.conftest import DATA, ROOT, session_processes
+
+pytestmark = pytest.mark.wine
+
+NOTIFY = "[sysRecv1]:get notify ulType:(1)\tulValue:(hello)"
+
+
+def harness(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_run_all_scenarios_writes_reports(tmp_path: Path, wine_prefix: WinePrefix) -> None:
+    process = harness("run", "--out", str(tmp_path))
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, out + err
+    suite = ET.parse(tmp_path / "junit.xml").getroot().find("testsuite")
+    assert suite is not None
+    cases = suite.findall("testcase")
+    assert len(cases) >= 6
+    assert all(case.find("failure") is None and case.find("error") is None for case in cases)
+    by_id = {case.get("classname"): case for case in cases}
+    assert NOTIFY in (by_id["scenarios.01-sender-then-receiver"].findtext("system-out") or "")
+    assert "STATUS_OBJECT_NAME_NOT_FOUND (0xC0000034)" in (by_id["scenarios.02-receiver-before-sender"].findtext("system-out") or "")
+    assert NOTIFY in (tmp_path / "scenarios" / "01-sender-then-receiver" / "kernel-raw.log").read_text()
+    html = (tmp_path / "report.html").read_text()
+    assert "STATUS_OBJECT_NAME_NOT_FOUND (0xC0000034)" in html
+    assert f"{len(cases)} passed, 0 failed" in out
+    assert session_processes(wine_prefix) == []
+
+
+def test_failing_scenario_exits_1(tmp_path: Path) -> None:
+    process = harness("run", str(DATA / "failing" / "wrong-status.yaml"), "--out", str(tmp_path))
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 1, out + err
+    assert "FAILED wrong-status" in out and "got STATUS_OBJECT_NAME_NOT_FOUND" in out
+
+
+def test_malformed_scenario_is_one_line_with_file_and_line(tmp_path: Path) -> None:
+    bad = DATA / "malformed" / "bad-count.yaml"
+    process = harness("run", str(bad), "--out", str(tmp_path))
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert err == f"error: {bad}:6: steps[1].expect.count.min: Input should be a valid integer, unable to parse string as an integer\n"
+    assert "Traceback" not in out + err
+
+
+@pytest.mark.parametrize("args", [["run", "--guest", "nope"], ["run", "no/such/dir"], ["frobnicate"]])
+def test_bad_command_line_exits_2(args: list[str]) -> None:
+    process = harness(*args)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 2, out + err
+    assert "Traceback" not in err
+
+
+def wait_for(path: Path, text: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_file() and text in path.read_text(errors="replace"):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} never appeared in {path}")
+
+
+def test_ctrl_c_tears_the_guest_down_and_keeps_the_log(tmp_path: Path, wine_prefix: WinePrefix) -> None:
+    raw = tmp_path / "scenarios" / "long-run" / "kernel-raw.log"
+    process = harness("run", str(DATA / "long" / "long-run.yaml"), "--out", str(tmp_path))
+    wait_for(raw, NOTIFY)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, out + err
+    assert "interrupted" in err and "Traceback" not in err
+    assert NOTIFY in raw.read_text()
+    assert session_processes(wine_prefix) == []
+
+
+def test_a_killed_harness_loses_no_log_and_the_next_run_recovers(tmp_path: Path, wine_prefix: WinePrefix) -> None:
+    raw = tmp_path / "killed" / "scenarios" / "long-run" / "kernel-raw.log"
+    process = harness("run", str(DATA / "long" / "long-run.yaml"), "--out", str(tmp_path / "killed"))
+    wait_for(raw, NOTIFY)
+    os.kill(process.pid, signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert NOTIFY in raw.read_text()
+    assert session_processes(wine_prefix) != []  # SIGKILL leaves the Wine session running...
+
+    again = harness("run", str(ROOT / "scenarios" / "03-no-receiver.yaml"), "--out", str(tmp_path / "again"))
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == 0, out + err  # ...and the next run removes it first
+    assert session_processes(wine_prefix) == []
