@@ -91,3 +91,10 @@ def test_each_scenario_gets_a_fresh_kernel(wine_factory: GuestFactory, settings:
     second = run(DATA / "failing" / "wrong-status.yaml", wine_factory, settings.drivers_dir, tmp_path / "b")
     assert first.outcome == "passed", first.message
     assert "got STATUS_OBJECT_NAME_NOT_FOUND" in second.message
+
+
+def test_a_driver_entry_that_never_returns_is_a_hang(wine_factory: GuestFactory, settings: Settings, tmp_path: Path) -> None:
+    result = run(DATA / "failing" / "stalled-driver-entry.yaml", wine_factory, settings.drivers_dir, tmp_path)
+    assert result.outcome == "hung", result.message
+    assert result.steps[0].state == "hung" and "did not answer 'start kcbStall'" in result.message
+    assert "[stall] DriverEntry stalls for 600000 ms." in result.raw_log.read_text()

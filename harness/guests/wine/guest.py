@@ -36,6 +36,8 @@ SESSION_DEBUG = "-all,warn+debugstr"
 START_TIMEOUT = 60.0
 #: How long after the service manager answered the kernel's status line may still be on its way.
 STATUS_GRACE = 3.0
+AGENT_GRACE = 5.0
+ERROR_TIMEOUT = 1460
 
 
 def agent_command(*fields: str | int) -> str:
@@ -178,7 +180,7 @@ class WineGuest(Guest):
             self._agent.stdin.flush()
         except (BrokenPipeError, OSError) as error:
             raise GuestError(f"the Wine guest agent is gone: {error}") from None
-        return self._reply(timeout, str(fields[0]))
+        return self._reply(timeout, " ".join(str(field) for field in fields[:2]))
 
     def _reply(self, timeout: float, what: str) -> tuple[bool, int | None, str]:
         deadline = self.timeline.now() + timeout
@@ -201,7 +203,10 @@ class WineGuest(Guest):
 
     def _control(self, verb: str, service: str, timeout: float) -> ControlResult:
         started = self.timeline.now()
-        ok, win32, detail = self._send(timeout, verb, service, int(timeout * 1000))
+        # The agent gives up after `timeout`; its answer gets a little longer to arrive.
+        ok, win32, detail = self._send(timeout + AGENT_GRACE, verb, service, int(timeout * 1000))
+        if win32 == ERROR_TIMEOUT:
+            raise GuestHung(f"{verb} {service}: the service did not leave its pending state within {timeout:g}s")
         action = "load" if verb == "start" else "unload"
 
         def status_event(events: list[Event]) -> DriverStatus | GuestCrash | None:
