@@ -1,0 +1,329 @@
+"""The host side of a KDCOM link, as a pure state machine: bytes in, bytes to send and events out.
+
+What it does, per the protocol facts (shared notes §1): ACK every data packet
+with its id (SYNC bit cleared), drop duplicates, ask for a resend of damaged
+packets, turn DEBUG_IO prints into lines (per processor), answer prompts and
+file-IO requests, answer every state change with Continue so the guest never
+freezes, and recognise a bugcheck from its "*** Fatal System Error" print.
+Before its first packet of its own it synchronises the ids with a RESET (the
+target answers RESET and sends its pending packet again).
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass, field
+
+from harness.kd import packets as kd
+
+_FATAL = re.compile(r"^\*\*\* Fatal System Error: 0x([0-9A-Fa-f]{8})\s*$")
+_FATAL_PARAMS = re.compile(r"^\s*\(0x([0-9A-Fa-f]+),0x([0-9A-Fa-f]+),0x([0-9A-Fa-f]+),0x([0-9A-Fa-f]+)\)\s*$")
+_STATE_HEAD = struct.Struct("<IHHI4xQQ")  # new state, level, processor, processors, thread, pc
+_EXCEPTION = struct.Struct("<IIQQI4x")  # code, flags, record, address, parameter count
+_LOAD_SYMBOLS = struct.Struct("<I4xQQII?")  # path length, base, process, checksum, size, unload
+RETRANSMIT_AFTER = 1.5
+MAX_RETRANSMITS = 5
+
+
+@dataclass(frozen=True)
+class KdLine:
+    """A complete line of kernel debug output (DbgPrint), without the newline."""
+
+    processor: int
+    text: str
+
+
+@dataclass(frozen=True)
+class KdStateChange:
+    """The target stopped (breakpoint, exception, bugcheck break) and was continued."""
+
+    processor: int
+    thread: int
+    pc: int
+    code: int
+    address: int
+    first_chance: bool
+    parameters: tuple[int, ...]
+
+    def describe(self) -> str:
+        chance = "first" if self.first_chance else "second"
+        return f"state change: exception 0x{self.code:08X} at 0x{self.address:x} on cpu {self.processor} ({chance} chance), continued"
+
+
+@dataclass(frozen=True)
+class KdModule:
+    """A driver image was loaded or unloaded (load-symbols state change), and continued."""
+
+    path: str
+    base: int
+    size: int
+    unload: bool
+
+    def describe(self) -> str:
+        return f"module {'unload' if self.unload else 'load'}: {self.path} at 0x{self.base:x} size 0x{self.size:x}"
+
+
+@dataclass(frozen=True)
+class KdBugcheck:
+    """The kernel announced a bugcheck (a BSOD) with its code and four parameters."""
+
+    code: int
+    parameters: tuple[int, int, int, int]
+
+    def describe(self) -> str:
+        return f"bugcheck 0x{self.code:08X} ({', '.join(f'0x{p:x}' for p in self.parameters)})"
+
+
+@dataclass(frozen=True)
+class KdNotice:
+    """Something about the link itself: a prompt answered, a file request refused, a resync."""
+
+    text: str
+
+    def describe(self) -> str:
+        return self.text
+
+
+KdEvent = KdLine | KdStateChange | KdModule | KdBugcheck | KdNotice
+
+
+@dataclass
+class Output:
+    """What the host wants done after some input: bytes to write, events to record."""
+
+    send: bytes = b""
+    events: list[KdEvent] = field(default_factory=list)
+
+    def extend(self, other: Output) -> None:
+        self.send += other.send
+        self.events.extend(other.events)
+
+
+class KdHost:
+    """One KD link's host state. Feed it with ``receive``; call ``idle`` when the line is quiet.
+
+    Args:
+        prompt_reply: what to answer DbgPrompt with ("i" = ignore, for assertion prompts).
+    """
+
+    def __init__(self, prompt_reply: str = "i") -> None:
+        self.framer = kd.Framer()
+        self.prompt_reply = prompt_reply
+        self.expected: int | None = None  # next id expected from the target; None: adopt the first
+        self.next_send = kd.INITIAL_ID
+        self.synced = False  # our send ids are known to match the target's expectation
+        self.outstanding: bytes | None = None
+        self.outstanding_id = 0
+        self.sent_at = 0.0
+        self.retransmits = 0
+        self.queue: list[tuple[int, bytes]] = []
+        self.reset_sent = False
+        self.replay: tuple[int, bytes] | None = None  # packet to re-handle after the RESET reply, without new events
+        self.last_accepted: tuple[int, int, bytes] | None = None
+        self.lines: dict[int, bytearray] = {}
+        self.last_line: dict[int, str] = {}
+        self.stats = {"packets": 0, "acks": 0, "resends_asked": 0, "duplicates": 0, "resets": 0, "retransmits": 0}
+
+    # -- input -----------------------------------------------------------------------------------
+
+    def receive(self, data: bytes, now: float = 0.0) -> Output:
+        out = Output()
+        for item in self.framer.feed(data):
+            out.extend(self._handle(item, now))
+        return out
+
+    def idle(self, now: float) -> Output:
+        """The line has been quiet: abandon a frame that cannot complete, retransmit an unACKed packet."""
+        out = Output()
+        for item in self.framer.flush():
+            out.extend(self._handle(item, now))
+        if self.outstanding is not None and now - self.sent_at >= RETRANSMIT_AFTER and self.retransmits < MAX_RETRANSMITS:
+            self.retransmits += 1
+            self.stats["retransmits"] += 1
+            self.sent_at = now
+            out.send += self.outstanding
+        return out
+
+    def reconnected(self) -> Output:
+        """A new connection (guest restarted, snapshot reverted): ids are unknown until the next RESET."""
+        self.framer = kd.Framer()
+        self.expected = None
+        self.synced = False
+        self.outstanding = None
+        self.queue.clear()
+        self.reset_sent = False
+        self.replay = None
+        self.last_accepted = None
+        out = Output()
+        out.events.append(KdNotice("link reconnected: ids will be resynchronised"))
+        for processor in list(self.lines):
+            out.events.extend(self._flush_partial(processor))
+        return out
+
+    def close(self) -> Output:
+        """End of stream: emit partial lines still buffered."""
+        out = Output()
+        for item in self.framer.flush():
+            out.extend(self._handle(item, 0.0))
+        for processor in list(self.lines):
+            out.events.extend(self._flush_partial(processor))
+        return out
+
+    # -- packets ---------------------------------------------------------------------------------
+
+    def _handle(self, item: kd.Packet | kd.Damaged, now: float) -> Output:
+        out = Output()
+        if isinstance(item, kd.Damaged):
+            self.stats["resends_asked"] += 1
+            out.send += kd.encode_control(kd.TYPE_RESEND)
+            return out
+        self.stats["packets"] += 1
+        if item.is_control:
+            return self._control(item, now)
+        base_id = item.id & ~kd.SYNC_BIT
+        out.send += kd.encode_control(kd.TYPE_ACKNOWLEDGE, base_id)
+        repeat = (base_id, item.type, item.payload) == self.last_accepted
+        if (item.id & kd.SYNC_BIT and not repeat) or self.expected is None:
+            self.expected = base_id  # SYNC: adopt the target's numbering (unless it is a resend)
+        if base_id != self.expected:
+            self.stats["duplicates"] += 1
+            return out
+        self.expected ^= 1
+        self.last_accepted = (base_id, item.type, item.payload)
+        replaying = self.replay == (item.type, item.payload)
+        self.replay = None
+        out.extend(self._dispatch(item, now, quiet=replaying))
+        return out
+
+    def _control(self, packet: kd.Packet, now: float) -> Output:
+        out = Output()
+        if packet.type == kd.TYPE_ACKNOWLEDGE:
+            if self.outstanding is not None and (packet.id & ~kd.SYNC_BIT) == self.outstanding_id:
+                self.stats["acks"] += 1
+                self.outstanding = None
+                self.next_send ^= 1
+                out.send += self._send_queued(now)
+        elif packet.type == kd.TYPE_RESEND:
+            if self.outstanding is not None:
+                self.sent_at = now
+                out.send += self.outstanding
+        elif packet.type == kd.TYPE_RESET:
+            self.stats["resets"] += 1
+            self.expected = kd.INITIAL_ID
+            self.next_send = kd.INITIAL_ID
+            self.outstanding = None
+            self.synced = True
+            if self.reset_sent:
+                self.reset_sent = False
+            else:
+                out.send += kd.encode_control(kd.TYPE_RESET)
+                self.reset_sent = True
+                out.events.append(KdNotice("target reset the link"))
+        return out
+
+    def _send(self, packet_type: int, payload: bytes, now: float, about: kd.Packet) -> bytes:
+        """Queue a data packet; before the ids are known good, synchronise with a RESET first."""
+        if not self.synced:
+            # The target answers RESET, then sends `about` again; we reply to that copy.
+            self.replay = (about.type, about.payload)
+            self.reset_sent = True
+            return kd.encode_control(kd.TYPE_RESET)
+        self.queue.append((packet_type, payload))
+        return self._send_queued(now) if self.outstanding is None else b""
+
+    def _send_queued(self, now: float) -> bytes:
+        if not self.queue or self.outstanding is not None:
+            return b""
+        packet_type, payload = self.queue.pop(0)
+        self.outstanding = kd.encode_data(packet_type, self.next_send, payload)
+        self.outstanding_id = self.next_send
+        self.sent_at = now
+        self.retransmits = 0
+        return self.outstanding
+
+    def _dispatch(self, packet: kd.Packet, now: float, quiet: bool) -> Output:
+        if packet.type == kd.TYPE_DEBUG_IO and len(packet.payload) >= kd.DEBUG_IO.size:
+            return self._debug_io(packet, now, quiet)
+        if packet.type == kd.TYPE_STATE_CHANGE64 and len(packet.payload) >= _STATE_HEAD.size:
+            return self._state_change(packet, now, quiet)
+        if packet.type == kd.TYPE_FILE_IO and len(packet.payload) >= 4:
+            return self._file_io(packet, now, quiet)
+        return Output()  # manipulate replies, trace and control requests: ACKed, nothing else
+
+    def _debug_io(self, packet: kd.Packet, now: float, quiet: bool) -> Output:
+        out = Output()
+        api, level, processor, length, _ = kd.DEBUG_IO.unpack_from(packet.payload)
+        text = packet.payload[kd.DEBUG_IO.size : kd.DEBUG_IO.size + length]
+        if api == kd.API_PRINT_STRING:
+            if not quiet:
+                out.events.extend(self._print(processor, text))
+        elif api == kd.API_GET_STRING:
+            reply = self.prompt_reply.encode()
+            if not quiet:
+                # As a console shows it: the prompt, the answer typed, a newline.
+                out.events.extend(self._print(processor, text + reply + b"\n"))
+                out.events.append(KdNotice(f"prompt {text.decode('utf-8', 'replace')!r} answered {self.prompt_reply!r}"))
+            payload = kd.DEBUG_IO.pack(kd.API_GET_STRING, level, processor, 0, len(reply)) + reply
+            out.send += self._send(kd.TYPE_DEBUG_IO, payload, now, packet)
+        return out
+
+    def _state_change(self, packet: kd.Packet, now: float, quiet: bool) -> Output:
+        out = Output()
+        state, level, processor, _, thread, pc = _STATE_HEAD.unpack_from(packet.payload)
+        if not quiet:
+            if state == kd.STATE_LOAD_SYMBOLS and len(packet.payload) >= 32 + _LOAD_SYMBOLS.size:
+                length, base, _, _, size, unload = _LOAD_SYMBOLS.unpack_from(packet.payload, 32)
+                raw_path = packet.payload[len(packet.payload) - length :] if 0 < length <= len(packet.payload) else b""
+                path = raw_path.rstrip(b"\0").decode("utf-8", "replace")
+                out.events.append(KdModule(path=path, base=base, size=size, unload=unload))
+            elif len(packet.payload) >= 188:
+                code, _, _, address, count = _EXCEPTION.unpack_from(packet.payload, 32)
+                params = struct.unpack_from("<15Q", packet.payload, 64)[: min(count, 15)]
+                first = struct.unpack_from("<I", packet.payload, 184)[0] != 0
+                out.events.append(KdStateChange(processor, thread, pc, code, address, first, tuple(params)))
+            else:
+                out.events.append(KdNotice(f"state change 0x{state:04x} on cpu {processor}, continued"))
+        continue2 = struct.pack("<IHHI4xII", kd.API_CONTINUE2, level, processor, 0, kd.DBG_CONTINUE, 0).ljust(kd.MANIPULATE_SIZE, b"\0")
+        out.send += self._send(kd.TYPE_STATE_MANIPULATE, continue2, now, packet)
+        return out
+
+    def _file_io(self, packet: kd.Packet, now: float, quiet: bool) -> Output:
+        out = Output()
+        api = struct.unpack_from("<I", packet.payload)[0]
+        if not quiet:
+            name = packet.payload[kd.FILE_IO_SIZE :].decode("utf-16-le", "replace").split("\0")[0]
+            out.events.append(KdNotice(f"file request 0x{api:04x} {name!r} refused (STATUS_NO_SUCH_FILE)"))
+        reply = struct.pack("<II", api, kd.STATUS_NO_SUCH_FILE).ljust(kd.FILE_IO_SIZE, b"\0")
+        out.send += self._send(kd.TYPE_FILE_IO, reply, now, packet)
+        return out
+
+    # -- text ------------------------------------------------------------------------------------
+
+    def _print(self, processor: int, text: bytes) -> list[KdEvent]:
+        buffer = self.lines.setdefault(processor, bytearray())
+        buffer += text
+        events: list[KdEvent] = []
+        while True:
+            newline = buffer.find(b"\n")
+            if newline < 0:
+                break
+            line = buffer[:newline].rstrip(b"\r").decode("utf-8", "replace")
+            del buffer[: newline + 1]
+            events.extend(self._line(processor, line))
+        return events
+
+    def _line(self, processor: int, line: str) -> list[KdEvent]:
+        events: list[KdEvent] = [KdLine(processor, line)]
+        previous = self.last_line.get(processor, "")
+        header = _FATAL.match(previous)
+        params = _FATAL_PARAMS.match(line)
+        if header and params:
+            values = tuple(int(value, 16) for value in params.groups())
+            events.append(KdBugcheck(int(header.group(1), 16), (values[0], values[1], values[2], values[3])))
+        self.last_line[processor] = line
+        return events
+
+    def _flush_partial(self, processor: int) -> list[KdEvent]:
+        buffer = self.lines.pop(processor, bytearray())
+        return self._line(processor, buffer.decode("utf-8", "replace")) if buffer else []
