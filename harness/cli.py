@@ -33,7 +33,29 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="report folder (default: build/reports)")
     run.add_argument("--drivers", type=Path, help="folder of built driver images (default: build/drivers)")
     run.add_argument("-v", "--verbose", action="store_true", help="show every step")
+    kd = commands.add_parser("kd", help="kernel-debugger (KDCOM) tools")
+    kd_commands = kd.add_subparsers(dest="kd_command", required=True)
+    replay = kd_commands.add_parser(
+        "replay",
+        help="decode a raw KD capture offline",
+        description="Prints each kernel-log line exactly (tabs kept) and each debugger event on a line starting with '#kd '.",
+    )
+    replay.add_argument("raw", type=Path, help="a raw capture (kd-raw.log, or a QEMU chardev logfile)")
     return parser
+
+
+def kd_replay_command(args: argparse.Namespace) -> int:
+    from harness.kd.serial import replay
+    from harness.kd.session import KdLine
+
+    if not args.raw.is_file():
+        raise ConfigError(f"{args.raw}: no such capture file")
+    for event in replay(args.raw):
+        if isinstance(event, KdLine):
+            sys.stdout.write(event.text + "\n")
+        else:
+            sys.stdout.write(f"#kd {event.describe()}\n")
+    return EXIT_OK
 
 
 def load_all(paths: list[Path]) -> list[LoadedScenario]:
@@ -90,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return run_command(args)
+        if args.command == "kd" and args.kd_command == "replay":
+            return kd_replay_command(args)
     except (ScenarioError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -39,6 +39,15 @@ class GuestCrash:
 
 
 @dataclass(frozen=True)
+class DebugEvent:
+    """Something the kernel debugger saw besides a log line: a stop, a module load, a link notice."""
+
+    t: float
+    kind: str  # "state-change", "module", "notice"
+    summary: str
+
+
+@dataclass(frozen=True)
 class Action:
     """Something the harness did: a step, with when it started and ended and how it went."""
 
@@ -50,4 +59,4 @@ class Action:
     ok: bool = True
 
 
-Event = LogLine | DriverStatus | GuestCrash | Action
+Event = LogLine | DriverStatus | GuestCrash | DebugEvent | Action

@@ -1,0 +1,298 @@
+"""Serial endpoints and the readers that turn them into kernel events (the I/O edge of harness.kd).
+
+Endpoints: ``unix:/path/to.sock``, ``tcp:127.0.0.1:PORT`` (QEMU/libvirt chardev
+sockets) and ``file:/path`` (a capture, read once). Every byte read is
+appended to the raw capture file *before* it is parsed, so a parser fault
+never loses evidence. A reader reconnects when the other side goes away (a
+snapshot revert restarts QEMU) until it is stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from harness.errors import ConfigError
+from harness.kd.session import KdBugcheck, KdEvent, KdHost, KdLine, KdModule, KdNotice, KdStateChange
+from harness.kernel.events import DebugEvent, Event, GuestCrash, LogLine
+from harness.timeline import Timeline
+
+log = logging.getLogger(__name__)
+
+IDLE = 0.2  # seconds of silence after which the KD host flushes and retransmits
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a serial port's bytes come from."""
+
+    kind: str  # "unix", "tcp" or "file"
+    address: str
+    port: int = 0
+
+    @classmethod
+    def parse(cls, spec: str) -> Endpoint:
+        """``unix:/run/kd.sock``, ``tcp:127.0.0.1:4555`` or ``file:/tmp/kd.raw``.
+
+        Raises:
+            ConfigError: anything else, or a TCP host that is not on loopback.
+        """
+        kind, _, rest = spec.partition(":")
+        if kind in ("unix", "file") and rest:
+            return cls(kind, rest)
+        if kind == "tcp":
+            host, _, port = rest.rpartition(":")
+            if host not in ("127.0.0.1", "localhost", "::1", "[::1]") or not port.isdigit():
+                raise ConfigError(f"serial endpoint {spec!r}: expected tcp:127.0.0.1:PORT (loopback only)")
+            return cls(kind, host.strip("[]"), int(port))
+        raise ConfigError(f"serial endpoint {spec!r}: expected unix:PATH, tcp:127.0.0.1:PORT or file:PATH")
+
+    def connect(self, timeout: float) -> socket.socket:
+        """A connected socket (unix or tcp).
+
+        Raises:
+            OSError: nobody listening (yet).
+        """
+        if self.kind == "unix":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            target: str | tuple[str, int] = self.address
+        else:
+            sock = socket.socket(socket.AF_INET6 if ":" in self.address else socket.AF_INET, socket.SOCK_STREAM)
+            target = (self.address, self.port)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(target)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+
+class SerialReader(ABC):
+    """Reads one serial endpoint in a thread into the timeline; subclasses decode the bytes."""
+
+    def __init__(self, endpoint: Endpoint, timeline: Timeline, raw_path: Path, reconnect: bool = True) -> None:
+        self.endpoint = endpoint
+        self.timeline = timeline
+        self.raw_path = raw_path
+        self.reconnect = reconnect
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._sock: socket.socket | None = None
+        self._raw: IO[bytes] | None = None
+
+    # -- decoding, per subclass -------------------------------------------------------------------
+
+    @abstractmethod
+    def feed(self, data: bytes) -> bytes:
+        """Decode bytes into timeline events; return bytes to send back."""
+
+    def on_idle(self) -> bytes:
+        return b""
+
+    @abstractmethod
+    def on_connect(self) -> None:
+        """A (re)connection started: forget per-connection state."""
+
+    @abstractmethod
+    def on_close(self) -> None:
+        """The stream ended for good."""
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.raw_path.parent.mkdir(parents=True, exist_ok=True)
+        self._raw = open(self.raw_path, "ab", buffering=0)  # noqa: SIM115 - closed in stop()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"serial-{self.endpoint.kind}")
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
+
+    def wait_connected(self, count: int = 1, timeout: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.connections < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.connections >= count
+
+    def __enter__(self) -> SerialReader:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _record(self, data: bytes) -> None:
+        if self._raw is not None:
+            self._raw.write(data)  # before decoding
+
+    def _run(self) -> None:
+        try:
+            if self.endpoint.kind == "file":
+                self._replay_file()
+            else:
+                self._run_socket()
+        finally:
+            self.on_close()
+
+    def _replay_file(self) -> None:
+        self.connections += 1
+        self.on_connect()
+        with open(self.endpoint.address, "rb") as handle:
+            while not self._stop.is_set():
+                data = handle.read(65536)
+                if not data:
+                    break
+                self._record(data)
+                self.feed(data)
+        self.on_idle()
+
+    def _run_socket(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sock = self.endpoint.connect(timeout=1.0)
+            except OSError:
+                self._stop.wait(0.05)
+                continue
+            self._sock = sock
+            self.connections += 1
+            self.on_connect()
+            sock.settimeout(IDLE)
+            try:
+                self._pump(sock)
+            finally:
+                self._sock = None
+                sock.close()
+            if not self.reconnect:
+                break
+
+    def _pump(self, sock: socket.socket) -> None:
+        while not self._stop.is_set():
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                reply = self.on_idle()
+                if reply:
+                    self._send(sock, reply)
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            self._record(data)
+            reply = self.feed(data)
+            if reply:
+                self._send(sock, reply)
+
+    def _send(self, sock: socket.socket, data: bytes) -> None:
+        try:
+            sock.sendall(data)
+        except OSError as error:
+            log.warning("serial %s: send failed: %s", self.endpoint.address, error)
+
+
+class TextSerialReader(SerialReader):
+    """A port that carries plain text (a second COM port, a Linux guest's console): one LogLine per line."""
+
+    def __init__(self, endpoint: Endpoint, timeline: Timeline, raw_path: Path, reconnect: bool = True) -> None:
+        super().__init__(endpoint, timeline, raw_path, reconnect)
+        self._partial = bytearray()
+
+    def feed(self, data: bytes) -> bytes:
+        self._partial += data
+        while (newline := self._partial.find(b"\n")) >= 0:
+            line = self._partial[:newline].rstrip(b"\r").decode("utf-8", "replace")
+            del self._partial[: newline + 1]
+            self.timeline.append(LogLine(t=self.timeline.now(), text=line))
+        return b""
+
+    def on_connect(self) -> None:
+        self._flush()
+
+    def on_close(self) -> None:
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._partial:
+            self.timeline.append(LogLine(t=self.timeline.now(), text=self._partial.decode("utf-8", "replace")))
+            self._partial.clear()
+
+
+def kd_event(event: KdEvent, t: float) -> Event:
+    """A KD host event as a kernel event of the harness."""
+    if isinstance(event, KdLine):
+        return LogLine(t=t, text=event.text)
+    if isinstance(event, KdBugcheck):
+        return GuestCrash(t=t, summary=event.describe(), code=event.code, parameters=event.parameters)
+    if isinstance(event, KdStateChange):
+        return DebugEvent(t=t, kind="state-change", summary=event.describe())
+    if isinstance(event, KdModule):
+        return DebugEvent(t=t, kind="module", summary=event.describe())
+    assert isinstance(event, KdNotice)
+    return DebugEvent(t=t, kind="notice", summary=event.describe())
+
+
+class KdSerialReader(SerialReader):
+    """A port where Windows speaks KDCOM: the harness is its kernel debugger."""
+
+    def __init__(self, endpoint: Endpoint, timeline: Timeline, raw_path: Path, reconnect: bool = True, prompt_reply: str = "i") -> None:
+        super().__init__(endpoint, timeline, raw_path, reconnect)
+        self.host = KdHost(prompt_reply=prompt_reply)
+        self._lock = threading.Lock()
+
+    def _emit(self, events: list[KdEvent]) -> None:
+        now = self.timeline.now()
+        for event in events:
+            self.timeline.append(kd_event(event, now))
+
+    def feed(self, data: bytes) -> bytes:
+        with self._lock:
+            out = self.host.receive(data, time.monotonic())
+        self._emit(out.events)
+        return out.send
+
+    def on_idle(self) -> bytes:
+        with self._lock:
+            out = self.host.idle(time.monotonic())
+        self._emit(out.events)
+        return out.send
+
+    def on_connect(self) -> None:
+        if self.connections > 1:
+            with self._lock:
+                out = self.host.reconnected()
+            self._emit(out.events)
+
+    def on_close(self) -> None:
+        with self._lock:
+            out = self.host.close()
+        self._emit(out.events)
+
+
+def replay(path: Path) -> list[KdEvent]:
+    """Decode a raw KD capture offline (what the target sent), as the live host would have."""
+    host = KdHost()
+    events: list[KdEvent] = []
+    with open(path, "rb") as handle:
+        while chunk := handle.read(65536):
+            events += host.receive(chunk).events
+    events += host.close().events
+    return events
