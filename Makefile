@@ -6,7 +6,7 @@ PY      := $(VENV)/bin/python
 BUILD   := $(abspath build)
 OUT     ?= $(BUILD)/reports
 
-.PHONY: all setup host venv build drivers wine-guest run test lint bench clean
+.PHONY: all setup host venv build drivers wine-guest standin run test lint bench clean
 all: build
 
 setup: host venv
@@ -28,10 +28,14 @@ drivers: host
 wine-guest: host
 	$(MAKE) -s -C harness/guests/wine OUT=$(BUILD)/wine PYTHON=$(PYTHON)
 
+# The Linux stand-in guest (Debian kernel + busybox initramfs) for the serial and VM tests.
+standin: host
+	standin-guest/build.sh $(BUILD)/standin
+
 run: setup build
 	$(PY) -m harness run --out $(OUT)
 
-test: setup build
+test: setup build standin
 	$(PY) -m pytest
 
 lint: venv
@@ -41,6 +45,7 @@ lint: venv
 
 bench: setup build
 	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/kd_decoder.py
 
 clean:
 	rm -rf build

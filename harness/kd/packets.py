@@ -153,9 +153,12 @@ class Framer:
     def _next_leader(self) -> int:
         """Index of the next 4 identical leader bytes, or of a partial leader at the end."""
         buffer, pos = self._buffer, self._pos
-        found = [i for i in (buffer.find(_DATA_MARK, pos), buffer.find(_CONTROL_MARK, pos)) if i >= 0]
-        if found:
-            return min(found)
+        head = buffer[pos : pos + 4]
+        if head in (_DATA_MARK, _CONTROL_MARK):
+            return pos  # the usual case: packets back to back
+        data, control = buffer.find(_DATA_MARK, pos), buffer.find(_CONTROL_MARK, pos)
+        if data >= 0 or control >= 0:
+            return data if control < 0 or 0 <= data < control else control
         tail = max(pos, len(buffer) - 3)
         while tail < len(buffer) and buffer[tail] not in (DATA_LEADER_BYTE, CONTROL_LEADER_BYTE):
             tail += 1

@@ -22,6 +22,7 @@ _FATAL_PARAMS = re.compile(r"^\s*\(0x([0-9A-Fa-f]+),0x([0-9A-Fa-f]+),0x([0-9A-Fa
 _STATE_HEAD = struct.Struct("<IHHI4xQQ")  # new state, level, processor, processors, thread, pc
 _EXCEPTION = struct.Struct("<IIQQI4x")  # code, flags, record, address, parameter count
 _LOAD_SYMBOLS = struct.Struct("<I4xQQII?")  # path length, base, process, checksum, size, unload
+_PRINT_API = kd.API_PRINT_STRING.to_bytes(4, "little")
 RETRANSMIT_AFTER = 1.5
 MAX_RETRANSMITS = 5
 
@@ -130,14 +131,14 @@ class KdHost:
     def receive(self, data: bytes, now: float = 0.0) -> Output:
         out = Output()
         for item in self.framer.feed(data):
-            out.extend(self._handle(item, now))
+            self._handle(item, now, out)
         return out
 
     def idle(self, now: float) -> Output:
         """The line has been quiet: abandon a frame that cannot complete, retransmit an unACKed packet."""
         out = Output()
         for item in self.framer.flush():
-            out.extend(self._handle(item, now))
+            self._handle(item, now, out)
         if self.outstanding is not None and now - self.sent_at >= RETRANSMIT_AFTER and self.retransmits < MAX_RETRANSMITS:
             self.retransmits += 1
             self.stats["retransmits"] += 1
@@ -165,22 +166,22 @@ class KdHost:
         """End of stream: emit partial lines still buffered."""
         out = Output()
         for item in self.framer.flush():
-            out.extend(self._handle(item, 0.0))
+            self._handle(item, 0.0, out)
         for processor in list(self.lines):
             out.events.extend(self._flush_partial(processor))
         return out
 
     # -- packets ---------------------------------------------------------------------------------
 
-    def _handle(self, item: kd.Packet | kd.Damaged, now: float) -> Output:
-        out = Output()
+    def _handle(self, item: kd.Packet | kd.Damaged, now: float, out: Output) -> None:
         if isinstance(item, kd.Damaged):
             self.stats["resends_asked"] += 1
             out.send += kd.encode_control(kd.TYPE_RESEND)
-            return out
+            return
         self.stats["packets"] += 1
         if item.is_control:
-            return self._control(item, now)
+            out.extend(self._control(item, now))
+            return
         base_id = item.id & ~kd.SYNC_BIT
         out.send += kd.encode_control(kd.TYPE_ACKNOWLEDGE, base_id)
         repeat = (base_id, item.type, item.payload) == self.last_accepted
@@ -188,13 +189,18 @@ class KdHost:
             self.expected = base_id  # SYNC: adopt the target's numbering (unless it is a resend)
         if base_id != self.expected:
             self.stats["duplicates"] += 1
-            return out
+            return
         self.expected ^= 1
         self.last_accepted = (base_id, item.type, item.payload)
-        replaying = self.replay == (item.type, item.payload)
+        replaying = self.replay is not None and self.replay == (item.type, item.payload)
         self.replay = None
+        if item.type == kd.TYPE_DEBUG_IO and not replaying and len(item.payload) >= kd.DEBUG_IO.size and item.payload[0:4] == _PRINT_API:
+            # The hot path: a DbgPrint.
+            processor = item.payload[6] | item.payload[7] << 8
+            length = int.from_bytes(item.payload[8:12], "little")
+            out.events.extend(self._print(processor, item.payload[kd.DEBUG_IO.size : kd.DEBUG_IO.size + length]))
+            return
         out.extend(self._dispatch(item, now, quiet=replaying))
-        return out
 
     def _control(self, packet: kd.Packet, now: float) -> Output:
         out = Output()

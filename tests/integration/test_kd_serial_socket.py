@@ -69,7 +69,9 @@ def test_reader_decodes_and_acknowledges_over_a_unix_socket(tmp_path: Path) -> N
     server.start()
     with KdSerialReader(endpoint, timeline, tmp_path / "kd-raw.log"):
         assert done.wait(30)
-        timeline.wait_for(lambda events: True if any(isinstance(e, LogLine) and "unloaded" in e.text for e in events) else None, timeline.now() + 5)
+        timeline.wait_for(
+            lambda events: True if any(isinstance(e, LogLine) and "unloaded" in e.text for e in events) else None, timeline.now() + 5
+        )
     server.join(10)
     target = results[0]
     texts = [event.text for event in timeline.events() if isinstance(event, LogLine)]
@@ -97,7 +99,11 @@ def test_replay_prints_the_capture_exactly(tmp_path: Path) -> None:
     crashes = [event for event in timeline.events() if isinstance(event, GuestCrash)]
     assert [(c.code, c.parameters) for c in crashes] == [(0xD1, (0x10, 2, 0, 0xFFFFF80000401020))]
     process = subprocess.run(
-        [sys.executable, "-m", "harness", "kd", "replay", str(tmp_path / "kd-raw.log")], cwd=ROOT, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "harness", "kd", "replay", str(tmp_path / "kd-raw.log")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     out = process.stdout.splitlines()
     assert out.count(NOTIFY) == 3
