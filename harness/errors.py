@@ -13,11 +13,11 @@ class ConfigError(HarnessError):
     """Bad command-line input or configuration (exit code 2)."""
 
 
-class ScenarioError(HarnessError):
-    """A scenario file that cannot be used, with the place that is wrong.
+class FileError(HarnessError):
+    """A YAML file that cannot be used, with the place that is wrong.
 
     Args:
-        path: the scenario file.
+        path: the file.
         line: 1-based line of the offending node, or None when unknown.
         field: dotted path of the field (``steps[2].expect.count``), or "".
         message: what was expected.
@@ -33,6 +33,14 @@ class ScenarioError(HarnessError):
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}" if self.line is not None else str(self.path)
         return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+
+
+class ScenarioError(FileError):
+    """A scenario file that cannot be used (exit code 2)."""
+
+
+class ConfigFileError(FileError, ConfigError):
+    """A configuration file that cannot be used (exit code 2)."""
 
 
 class GuestError(HarnessError):

@@ -1,0 +1,1 @@
+"""The libvirt Windows VM guest: configuration, domain XML, VM lifecycle."""

@@ -1,0 +1,133 @@
+"""The harness configuration file (``harness.yaml``) for the libvirt guest; see harness.example.yaml.
+
+Credentials are never in this file or on the command line: the file names an
+environment variable or a file that holds the password.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from harness.durations import parse_duration
+from harness.errors import ConfigError, ConfigFileError
+from harness.secrets import Secret, load_secret
+from harness.yamlfile import parse_yaml, validate
+
+Duration = Annotated[float, Field(ge=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VmSettings(_Strict):
+    """The VM: where libvirt is, the golden image, the hardware."""
+
+    uri: str = "qemu:///system"
+    image: Path
+    name_prefix: str = Field(default="kcb", pattern=r"^[a-z][a-z0-9-]{0,15}$")
+    memory_mib: int = Field(default=4096, ge=128)
+    vcpus: int = Field(default=2, ge=1, le=64)
+    accel: Literal["auto", "kvm", "tcg"] = "auto"
+    firmware: Literal["uefi", "bios"] = "uefi"
+    ovmf_code: Path = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+    ovmf_vars: Path = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+    work_dir: Path = Path("build/vm")
+    text_serial: bool = True
+    hyperv: bool = True
+    ready_timeout: float = 900.0
+
+    @field_validator("ready_timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> float:
+        return parse_duration(value)
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        if not value.startswith(("qemu:///", "qemu+ssh://", "test:///")):
+            raise ValueError("expected a libvirt URI such as qemu:///system or qemu+ssh://host/system")
+        return value
+
+
+class TransportSettings(_Strict):
+    """How the harness reaches the guest: WinRM (pywinrm) or SSH (paramiko)."""
+
+    type: Literal["winrm", "ssh"] = "winrm"
+    username: str = Field(default="Administrator", min_length=1)
+    password_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$")
+    password_file: Path | None = None
+    guest_port: int = Field(default=0, ge=0, le=65535)
+    host_port: int = Field(default=0, ge=0, le=65535)
+    # WinRM
+    scheme: Literal["http", "https"] = "http"
+    auth: Literal["ntlm", "basic", "credssp"] = "ntlm"
+    message_encryption: Literal["auto", "always", "never"] = "auto"
+    server_cert_validation: Literal["validate", "ignore"] = "validate"
+    # SSH
+    known_hosts: Path | None = None
+    private_key: Path | None = None
+    accept_new_host_key: bool = False
+    timeout: float = 60.0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TransportSettings:
+        if self.password_env is None and self.password_file is None and not (self.type == "ssh" and self.private_key):
+            raise ValueError(
+                "give password_env (name of an environment variable) or password_file" + (" or private_key" if self.type == "ssh" else "")
+            )
+        if self.type == "winrm" and self.scheme == "http" and self.auth == "basic":
+            raise ValueError("basic authentication over plain http would send the password in clear: use https, or ntlm/credssp")
+        if self.type == "ssh" and self.known_hosts is None and not self.accept_new_host_key:
+            raise ValueError("ssh needs known_hosts (host keys are verified) or accept_new_host_key: true")
+        return self
+
+    @property
+    def port(self) -> int:
+        """The guest's service port."""
+        if self.guest_port:
+            return self.guest_port
+        if self.type == "ssh":
+            return 22
+        return 5986 if self.scheme == "https" else 5985
+
+    def password(self) -> Secret | None:
+        """The password from its environment variable or file (None for key-only SSH).
+
+        Raises:
+            ConfigError: it is named but missing.
+        """
+        if self.password_env is None and self.password_file is None:
+            return None
+        return load_secret(self.password_env, self.password_file, "transport password")
+
+
+class HarnessConfig(_Strict):
+    """The whole file."""
+
+    vm: VmSettings
+    transport: TransportSettings = Field(default_factory=lambda: TransportSettings(password_env="KCB_GUEST_PASSWORD"))
+    guest_dir: str = Field(default="C:\\kcb", pattern=r"^[A-Za-z]:\\[A-Za-z0-9_\\.-]*$")
+
+
+def load_config(path: Path) -> HarnessConfig:
+    """Read and validate the configuration; relative paths are taken from the file's folder.
+
+    Raises:
+        ConfigError: the file is missing.
+        ConfigFileError: a field is wrong (file:line: field: message).
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the configuration: {error.strerror}") from None
+    data, lines = parse_yaml(text, path, ConfigFileError)
+    if not isinstance(data, dict):
+        raise ConfigFileError(path, 1, "", "expected a mapping with vm: and transport:")
+    config = validate(HarnessConfig, data, lines, path, ConfigFileError)
+    base = path.parent
+    vm = config.vm.model_copy(update={"image": base / config.vm.image, "work_dir": base / config.vm.work_dir})
+    return config.model_copy(update={"vm": vm})

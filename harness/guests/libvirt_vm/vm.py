@@ -1,0 +1,370 @@
+"""The test VM's lifecycle with libvirt-python: boot, running snapshot, revert, crash events, cleanup.
+
+The running snapshot is a libvirt *save image* (memory and device state)
+plus the disk overlay frozen at that moment, which becomes the read-only base
+of a fresh overlay for every revert. Internal snapshots would be simpler,
+but libvirt 9 (Debian 12) refuses them for VMs with UEFI pflash firmware.
+A revert restores the save image paused, so serial readers can connect
+before the guest runs again, and nothing it prints is lost.
+
+Domains are transient and carry harness metadata (owner pid, files); a
+harness that died leaves them behind, and the next one removes them
+(``remove_stale``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from harness.errors import GuestError
+from harness.guests.libvirt_vm.domain_xml import DomainSpec, domain_xml, owner_of
+
+log = logging.getLogger(__name__)
+
+_event_loop_started = False
+_event_loop_lock = threading.Lock()
+
+
+def _libvirt() -> Any:
+    try:
+        import libvirt
+    except ImportError:
+        raise GuestError("libvirt-python is not installed: run `make setup` (pip install libvirt-python needs libvirt-dev)") from None
+    # libvirt prints every error to stderr by default; ours are raised (or expected) instead.
+    libvirt.registerErrorHandler(lambda context, error: None, None)
+    return libvirt
+
+
+def start_event_loop() -> None:
+    """libvirt's default event loop in a daemon thread (once per process, before any connection)."""
+    global _event_loop_started
+    libvirt = _libvirt()
+    with _event_loop_lock:
+        if _event_loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run, daemon=True, name="libvirt-events").start()
+        _event_loop_started = True
+
+
+def detect_accel() -> str:
+    """``kvm`` when /dev/kvm exists and the CPU has vmx or svm, else ``qemu`` (TCG).
+
+    libvirt may advertise KVM where 64-bit guests do not boot (nested PVM), so the CPU flags decide.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "qemu"
+    has_virt = re.search(r"^flags\s*:.*\b(vmx|svm)\b", flags, re.MULTILINE) is not None
+    return "kvm" if has_virt and Path("/dev/kvm").exists() else "qemu"
+
+
+_PANIC = re.compile(
+    r"panic hyper-v: arg1='0x([0-9a-f]+)', arg2='0x([0-9a-f]+)', arg3='0x([0-9a-f]+)', arg4='0x([0-9a-f]+)', arg5='0x([0-9a-f]+)'"
+)
+
+
+def parse_panic_log(text: str) -> tuple[int, tuple[int, int, int, int]] | None:
+    """The bugcheck code and parameters from libvirt's domain log (Hyper-V crash MSRs), if any."""
+    matches = _PANIC.findall(text)
+    if not matches:
+        return None
+    values = [int(value, 16) for value in matches[-1]]
+    return values[0], (values[1], values[2], values[3], values[4])
+
+
+@dataclass(frozen=True)
+class LifecycleEvent:
+    """A libvirt lifecycle event of our domain."""
+
+    t: float
+    event: str
+    detail: int
+
+
+_EVENT_NAMES = {
+    0: "defined",
+    1: "undefined",
+    2: "started",
+    3: "suspended",
+    4: "resumed",
+    5: "stopped",
+    6: "shutdown",
+    7: "pmsuspended",
+    8: "crashed",
+}
+
+
+def overlay(base: Path, target: Path) -> None:
+    """A qcow2 overlay ``target`` over the read-only ``base``.
+
+    Raises:
+        GuestError: qemu-img failed.
+    """
+    result = subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2", str(target)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise GuestError(f"qemu-img could not create an overlay over {base}: {result.stderr.strip()}")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class TestVm:
+    """One VM of this harness run."""
+
+    def __init__(self, uri: str, spec: DomainSpec, image: Path, work_dir: Path) -> None:
+        self.uri = uri
+        self.image = image
+        self.work_dir = work_dir
+        self.spec = spec
+        self.events: list[LifecycleEvent] = []
+        self.listeners: list[Callable[[LifecycleEvent], None]] = []
+        self._conn: Any = None
+        self._dom: Any = None
+        self._callback_id: int | None = None
+        self._generation = 0
+        self._state_file = work_dir / "ready.state"
+        self._ready_disk = work_dir / "ready.qcow2"
+        self._ready_nvram = work_dir / "ready-vars.fd"
+
+    # -- connection ----------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        libvirt = _libvirt()
+        start_event_loop()
+        try:
+            self._conn = libvirt.open(self.uri)
+        except libvirt.libvirtError as error:
+            raise GuestError(f"cannot connect to libvirt at {self.uri}: {error.get_error_message()}") from None
+        self._callback_id = self._conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
+
+    def _on_lifecycle(self, conn: Any, dom: Any, event: int, detail: int, opaque: Any) -> None:
+        if dom.name() != self.spec.name:
+            return
+        record = LifecycleEvent(time.monotonic(), _EVENT_NAMES.get(event, str(event)), detail)
+        self.events.append(record)
+        for listener in self.listeners:
+            listener(record)
+
+    @property
+    def conn(self) -> Any:
+        if self._conn is None:
+            raise GuestError("not connected to libvirt")
+        return self._conn
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    def boot(self) -> None:
+        """Create a fresh overlay over the golden image and start the VM.
+
+        Raises:
+            GuestError: libvirt refused the domain.
+        """
+        libvirt = _libvirt()
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        disk = self._next_overlay(self.image)
+        nvram = self._fresh_nvram()
+        self.spec = replace(self.spec, disk=disk, nvram=nvram, run_dir=self.work_dir)
+        xml = domain_xml(self.spec)
+        log.debug("domain XML:\n%s", xml)
+        try:
+            self._dom = self.conn.createXML(xml, 0)
+        except libvirt.libvirtError as error:
+            raise GuestError(f"libvirt could not start {self.spec.name}: {error.get_error_message()}") from None
+
+    def take_ready_snapshot(self) -> None:
+        """Freeze the running guest as the state every scenario starts from, then carry on from it.
+
+        Raises:
+            GuestError: libvirt could not save the domain.
+        """
+        libvirt = _libvirt()
+        for stale in (self._state_file, self._ready_disk, self._ready_nvram):
+            stale.unlink(missing_ok=True)
+        try:
+            self._dom.save(str(self._state_file))  # the domain stops here
+        except libvirt.libvirtError as error:
+            raise GuestError(f"could not save {self.spec.name}: {error.get_error_message()}") from None
+        self.spec.disk.rename(self._ready_disk)
+        if self.spec.nvram is not None:
+            shutil.copyfile(self.spec.nvram, self._ready_nvram)
+        self.revert(paused=False)
+
+    def revert(self, paused: bool = True) -> None:
+        """Back to the ready state, on a fresh overlay. With ``paused``, call ``resume()`` once readers are attached.
+
+        Raises:
+            GuestError: no snapshot yet, or libvirt could not restore it.
+        """
+        libvirt = _libvirt()
+        if not self._state_file.is_file():
+            raise GuestError("no running snapshot to revert to")
+        self.destroy_domain()
+        disk = self._next_overlay(self._ready_disk)
+        nvram = None
+        if self.spec.nvram is not None:
+            nvram = self.work_dir / f"vars-{self._generation}.fd"
+            shutil.copyfile(self._ready_nvram, nvram)
+        saved = self.conn.saveImageGetXMLDesc(str(self._state_file), 0)
+        xml = _retarget(saved, disk, nvram)
+        flags = libvirt.VIR_DOMAIN_SAVE_PAUSED if paused else libvirt.VIR_DOMAIN_SAVE_RUNNING
+        try:
+            self.conn.restoreFlags(str(self._state_file), xml, flags)
+        except libvirt.libvirtError as error:
+            raise GuestError(f"could not restore {self.spec.name}: {error.get_error_message()}") from None
+        self._dom = self.conn.lookupByName(self.spec.name)
+        self.spec = replace(self.spec, disk=disk, nvram=nvram or self.spec.nvram)
+
+    def resume(self) -> None:
+        if self._dom is not None and self._dom.info()[0] == _libvirt().VIR_DOMAIN_PAUSED:
+            self._dom.resume()
+
+    def state(self) -> str:
+        libvirt = _libvirt()
+        if self._dom is None:
+            return "none"
+        try:
+            state = self._dom.state()[0]
+        except libvirt.libvirtError:
+            return "gone"
+        return {
+            libvirt.VIR_DOMAIN_RUNNING: "running",
+            libvirt.VIR_DOMAIN_PAUSED: "paused",
+            libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
+            libvirt.VIR_DOMAIN_CRASHED: "crashed",
+        }.get(state, str(state))
+
+    def domain_log(self) -> str:
+        """libvirt's log of this domain (QEMU's stderr, panic lines), when readable here."""
+        path = Path("/var/log/libvirt/qemu") / f"{self.spec.name}.log"
+        try:
+            return path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def destroy_domain(self) -> None:
+        libvirt = _libvirt()
+        if self._dom is None:
+            return
+        with contextlib.suppress(libvirt.libvirtError):
+            self._dom.destroy()
+        with contextlib.suppress(libvirt.libvirtError):
+            if self._dom.isPersistent():
+                self._dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+        self._dom = None
+
+    def close(self) -> None:
+        """Destroy the domain and remove every file of this run; safe to call twice."""
+        self.destroy_domain()
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                if self._callback_id is not None:
+                    self._conn.domainEventDeregisterAny(self._callback_id)
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    # -- helpers ------------------------------------------------------------------------------------
+
+    def _next_overlay(self, base: Path) -> Path:
+        self._generation += 1
+        target = self.work_dir / f"disk-{self._generation}.qcow2"
+        overlay(base, target)
+        old = self.work_dir / f"disk-{self._generation - 1}.qcow2"
+        if self._generation > 1 and old != self._ready_disk:
+            old.unlink(missing_ok=True)
+        return target
+
+    def _fresh_nvram(self) -> Path | None:
+        if self.spec.firmware != "uefi":
+            return None
+        if self.spec.nvram is None:
+            raise GuestError("UEFI needs an OVMF variables template")
+        target = self.work_dir / "vars-0.fd"
+        shutil.copyfile(self.spec.nvram, target)
+        return target
+
+
+def _retarget(xml: str, disk: Path, nvram: Path | None) -> str:
+    """The saved domain XML with the disk (and NVRAM) moved to this revert's copies."""
+    root = ET.fromstring(xml)
+    source = root.find("devices/disk/source")
+    if source is not None:
+        source.set("file", str(disk))
+    node = root.find("os/nvram")
+    if node is not None and nvram is not None:
+        node.text = str(nvram)
+    return ET.tostring(root, encoding="unicode")
+
+
+def new_name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def remove_stale(uri: str, prefix: str) -> list[str]:
+    """Destroy domains of this harness whose owner process is gone, and delete their files.
+
+    Returns:
+        the names removed.
+    """
+    libvirt = _libvirt()
+    try:
+        conn = libvirt.open(uri)
+    except libvirt.libvirtError as error:
+        raise GuestError(f"cannot connect to libvirt at {uri}: {error.get_error_message()}") from None
+    removed = []
+    try:
+        for dom in conn.listAllDomains(0):
+            if not dom.name().startswith(f"{prefix}-"):
+                continue
+            owner = owner_of(dom.XMLDesc(0))
+            if owner is None or _pid_alive(owner[0]):
+                continue
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.destroy()
+            with contextlib.suppress(libvirt.libvirtError):
+                if dom.isPersistent():
+                    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+            for path in owner[1]:
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+            removed.append(dom.name())
+    finally:
+        conn.close()
+    return removed

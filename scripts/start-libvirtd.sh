@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Makes sure a libvirt daemon answers on qemu:///system (no systemd here: the project starts it).
+# Prints "started" when it started one, so a caller can stop it again (kill "$(cat /run/libvirtd.pid)").
+#
+# On machines whose CPU has no vmx/svm but where /dev/kvm exists (a nested PVM device: 64-bit guests
+# do not boot with it), libvirt re-probes QEMU on almost every call (seconds each) because its cached
+# capabilities never match the KVM device it sees. There the daemon runs in a private mount
+# namespace without /dev/kvm (and without libvirt's own per-VM /dev namespace, which cannot be
+# built on top of it); VMs then use TCG, which is all that works on such a machine anyway.
+set -euo pipefail
+
+if virsh -c qemu:///system version >/dev/null 2>&1; then
+  exit 0
+fi
+mkdir -p /run/libvirt /var/log/libvirt/qemu
+pgrep -x virtlogd >/dev/null || virtlogd -d
+
+if [ -e /dev/kvm ] && ! grep -qwE 'vmx|svm' /proc/cpuinfo; then
+  state=/run/kcb-libvirt
+  mkdir -p "$state/dev"
+  { cat /etc/libvirt/qemu.conf; echo 'namespaces = [ ]'; } > "$state/qemu.conf"
+  unshare -m --propagation private sh -c "
+    mount -t tmpfs -o mode=755 tmpfs '$state/dev' &&
+    cp -a /dev/. '$state/dev/' 2>/dev/null; rm -f '$state/dev/kvm';
+    for m in pts shm mqueue hugepages; do mountpoint -q /dev/\$m && mount --rbind /dev/\$m '$state/dev/'\$m; done;
+    mount --rbind '$state/dev' /dev && mount --bind '$state/qemu.conf' /etc/libvirt/qemu.conf && exec libvirtd -d"
+else
+  libvirtd -d
+fi
+for _ in $(seq 1 100); do
+  if virsh -c qemu:///system version >/dev/null 2>&1; then
+    echo started
+    exit 0
+  fi
+  sleep 0.2
+done
+echo "libvirtd did not come up" >&2
+exit 1
