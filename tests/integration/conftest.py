@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,3 +57,16 @@ def no_session_left(wine_prefix: WinePrefix) -> Iterator[None]:
     """Fails the test if it leaves any process of the Wine session behind."""
     yield
     assert session_processes(wine_prefix) == []
+
+
+@pytest.fixture(scope="session")
+def libvirt_uri() -> Iterator[str]:
+    """A real libvirtd answering qemu:///system, started by the project's own script when none runs."""
+    result = subprocess.run([str(ROOT / "scripts" / "start-libvirtd.sh")], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    yield "qemu:///system"
+    if "started" in result.stdout:
+        pid_file = Path("/run/libvirtd.pid")
+        if pid_file.is_file():
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)

@@ -53,7 +53,7 @@ class DomainSpec:
     forwards: tuple[PortForward, ...] = ()
     owner_pid: int = 0
     run_dir: Path | None = None
-    extra_files: tuple[Path, ...] = field(default_factory=tuple)
+    owned_files: tuple[Path, ...] = field(default_factory=tuple)  # removed with the run (never the golden image)
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attributes: str) -> ET.Element:
@@ -80,7 +80,7 @@ def domain_xml(spec: DomainSpec) -> str:
     owner = ET.SubElement(metadata, f"{{{METADATA_NS}}}owner", {"pid": str(spec.owner_pid)})
     if spec.run_dir is not None:
         owner.set("run_dir", str(spec.run_dir))
-    for path in (spec.disk, *spec.extra_files):
+    for path in (spec.disk, *spec.owned_files):
         _sub(owner, f"{{{METADATA_NS}}}file", path=str(path))
     _sub(domain, "memory", str(spec.memory_mib), unit="MiB")
     _sub(domain, "vcpu", str(spec.vcpus))

@@ -142,7 +142,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class TestVm:
+class VirtualMachine:
     """One VM of this harness run."""
 
     def __init__(self, uri: str, spec: DomainSpec, image: Path, work_dir: Path) -> None:
@@ -239,8 +239,8 @@ class TestVm:
             nvram = self.work_dir / f"vars-{self._generation}.fd"
             shutil.copyfile(self._ready_nvram, nvram)
         saved = self.conn.saveImageGetXMLDesc(str(self._state_file), 0)
-        xml = _retarget(saved, disk, nvram)
-        flags = libvirt.VIR_DOMAIN_SAVE_PAUSED if paused else libvirt.VIR_DOMAIN_SAVE_RUNNING
+        xml = retarget_saved_xml(saved, disk, nvram)
+        flags = libvirt.VIR_DOMAIN_SAVE_PAUSED if paused else 0
         try:
             self.conn.restoreFlags(str(self._state_file), xml, flags)
         except libvirt.libvirtError as error:
@@ -297,6 +297,8 @@ class TestVm:
                 self._conn.close()
             self._conn = None
         shutil.rmtree(self.work_dir, ignore_errors=True)
+        for path in self.spec.owned_files:
+            path.unlink(missing_ok=True)
 
     # -- helpers ------------------------------------------------------------------------------------
 
@@ -319,7 +321,7 @@ class TestVm:
         return target
 
 
-def _retarget(xml: str, disk: Path, nvram: Path | None) -> str:
+def retarget_saved_xml(xml: str, disk: Path, nvram: Path | None) -> str:
     """The saved domain XML with the disk (and NVRAM) moved to this revert's copies."""
     root = ET.fromstring(xml)
     source = root.find("devices/disk/source")

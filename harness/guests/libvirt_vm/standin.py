@@ -1,0 +1,74 @@
+"""The Linux stand-in guest: the same VM plumbing as the Windows VM, with a tiny guest that boots in seconds.
+
+Built by `make standin` (standin-guest/): Debian's kernel and busybox in an
+initramfs, booted directly (no disk content needed; the golden "image" is an
+empty qcow2). ``mode`` picks what its /init does: ``text`` prints
+``kcb-standin: ready`` and a tick line every 0.2 s on COM1, ``panic`` crashes
+the kernel through pvpanic, ``kd`` runs the KD target emulator on COM1.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Literal
+
+from harness.config import project_root
+from harness.errors import GuestError
+from harness.guests.libvirt_vm.domain_xml import DomainSpec
+from harness.guests.libvirt_vm.vm import VirtualMachine, detect_accel, new_name
+
+Mode = Literal["text", "panic", "kd"]
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+
+
+def standin_files() -> tuple[Path, Path]:
+    """(kernel, initramfs).
+
+    Raises:
+        GuestError: not built.
+    """
+    folder = project_root() / "build" / "standin"
+    kernel, initrd = folder / "vmlinuz", folder / "initramfs.cpio.gz"
+    if not kernel.is_file() or not initrd.is_file():
+        raise GuestError(f"the stand-in guest is not built ({folder}): run `make standin`")
+    return kernel, initrd
+
+
+def standin_vm(
+    uri: str, work_dir: Path, mode: Mode = "text", prefix: str = "kcb", firmware: Literal["uefi", "bios"] = "uefi"
+) -> VirtualMachine:
+    """A VM (not yet booted) running the stand-in guest in ``mode``, with COM1 (and COM2) as sockets."""
+    kernel, initrd = standin_files()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    golden = work_dir.parent / f"{work_dir.name}-golden.qcow2"
+    if not golden.exists():
+        result = subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", str(golden), "16M"], capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            raise GuestError(f"qemu-img failed: {result.stderr.strip()}")
+    run = work_dir / "run"
+    spec = DomainSpec(
+        name=new_name(prefix),
+        memory_mib=256,
+        vcpus=1,
+        disk=golden,
+        domain_type="kvm" if detect_accel() == "kvm" else "qemu",
+        firmware=firmware,
+        ovmf_code=OVMF_CODE if firmware == "uefi" else None,
+        nvram=OVMF_VARS if firmware == "uefi" else None,
+        kernel=kernel,
+        initrd=initrd,
+        cmdline=f"console=ttyS1 quiet panic=0 kcb.mode={mode}",
+        com1=run / "com1.sock",
+        com1_log=run / "com1.log",
+        com2=run / "com2.sock",
+        panic="isa",
+        hyperv=False,
+        owner_pid=os.getpid(),
+        owned_files=(golden,),
+    )
+    return VirtualMachine(uri, spec, golden, run)
