@@ -86,7 +86,8 @@ def test_bad_uri_is_a_guest_error(tmp_path: Path, golden: Path) -> None:
 def test_parse_panic_log() -> None:
     text = (
         "2026-11-24 qemu: starting\n"
-        "2026-11-24T10:00:00 panic hyper-v: arg1='0x1e', arg2='0xffffffffc0000005', arg3='0xfffff80000401020', arg4='0x0', arg5='0x8'\n"
+        "2026-11-24T10:00:00 panic hyper-v: arg1='0x1e', arg2='0xffffffffc0000005', "
+        "arg3='0xfffff80000401020', arg4='0x0', arg5='0x8'\n"
     )
     assert parse_panic_log(text) == (0x1E, (0xFFFFFFFFC0000005, 0xFFFFF80000401020, 0, 8))
     assert parse_panic_log("nothing here") is None
