@@ -1,0 +1,71 @@
+"""What every transport offers: run a command, upload a file (verified by SHA-256), close."""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from harness.errors import GuestError
+
+
+class TransportError(GuestError):
+    """The transport broke (connection, authentication, protocol): an infrastructure failure."""
+
+
+class AuthenticationError(TransportError):
+    """The guest rejected the credentials (the message never contains them)."""
+
+
+class HostKeyError(TransportError):
+    """The guest's SSH host key is unknown or does not match known_hosts."""
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """The outcome of one command in the guest."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class Transport(ABC):
+    """A connection to a guest, usable as a context manager."""
+
+    @abstractmethod
+    def run(self, command: str, timeout: float) -> CommandResult:
+        """Run one command line (built by harness.transports.commands) and wait for it.
+
+        Raises:
+            TransportError: the command could not be run or did not finish in time.
+        """
+
+    @abstractmethod
+    def upload(self, local: Path, remote: str, timeout: float) -> str:
+        """Copy a file in and check its SHA-256 on the guest side; returns the hash.
+
+        Raises:
+            TransportError: the copy failed or the guest's hash differs.
+        """
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection; safe to call twice."""
+
+    def __enter__(self) -> Transport:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+        self.close()

@@ -1,0 +1,134 @@
+"""SSH/SFTP transport with paramiko (Windows OpenSSH server, or any sshd).
+
+Host keys are verified against a known_hosts file; an unknown key is
+rejected unless ``accept_new_host_key`` is set (then it is added to that
+file). Passwords come from ``harness.secrets.Secret`` and never reach a log
+line or an exception message.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from harness.secrets import Secret
+from harness.transports.base import AuthenticationError, CommandResult, HostKeyError, Transport, TransportError, sha256_file
+from harness.transports.commands import file_hash, posix_quote, powershell
+
+log = logging.getLogger(__name__)
+
+
+def _paramiko() -> Any:
+    try:
+        import paramiko
+    except ImportError:
+        raise TransportError("paramiko is not installed: run `make setup` (pip install paramiko)") from None
+    return paramiko
+
+
+class SshTransport(Transport):
+    """One SSH connection to a guest, opened at construction (fails early)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        username: str,
+        *,
+        password: Secret | None = None,
+        private_key: Path | None = None,
+        known_hosts: Path | None = None,
+        accept_new_host_key: bool = False,
+        remote: Literal["windows", "posix"] = "windows",
+        timeout: float = 30.0,
+        attempts: int = 3,
+    ) -> None:
+        paramiko = _paramiko()
+        self.remote = remote
+        self.where = f"{username}@{host}:{port}"
+        self._password = password
+        client = paramiko.SSHClient()
+        if known_hosts is not None and known_hosts.is_file():
+            client.load_host_keys(str(known_hosts))
+        if accept_new_host_key:
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        else:
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        last: Exception | None = None
+        for attempt in range(attempts):
+            try:
+                client.connect(
+                    host,
+                    port=port,
+                    username=username,
+                    password=password.reveal() if password is not None else None,
+                    key_filename=str(private_key) if private_key is not None else None,
+                    look_for_keys=False,
+                    allow_agent=False,
+                    timeout=timeout,
+                    banner_timeout=timeout,
+                    auth_timeout=timeout,
+                )
+                break
+            except paramiko.BadHostKeyException:
+                raise HostKeyError(f"ssh {self.where}: the host key does not match known_hosts (possible impersonation)") from None
+            except paramiko.AuthenticationException:
+                raise AuthenticationError(f"ssh {self.where}: the credentials were rejected") from None
+            except paramiko.SSHException as error:
+                if "not found in known_hosts" in str(error):
+                    raise HostKeyError(f"ssh {self.where}: unknown host key (add it to known_hosts, or set accept_new_host_key)") from None
+                last = error
+            except (OSError, socket.timeout) as error:
+                last = error
+            time.sleep(min(2.0**attempt, 5.0))
+        else:
+            raise TransportError(f"ssh {self.where}: cannot connect: {self._mask(str(last))}")
+        if accept_new_host_key and known_hosts is not None:
+            client.save_host_keys(str(known_hosts))
+        self._client = client
+
+    def _mask(self, text: str) -> str:
+        return self._password.mask(text) if self._password is not None else text
+
+    def run(self, command: str, timeout: float) -> CommandResult:
+        started = time.monotonic()
+        try:
+            channel = self._client.get_transport().open_session()
+            channel.settimeout(timeout)
+            channel.exec_command(command)
+            stdout = channel.makefile("rb").read()
+            stderr = channel.makefile_stderr("rb").read()
+            code = channel.recv_exit_status()
+            channel.close()
+        except (OSError, socket.timeout, EOFError) as error:
+            raise TransportError(f"ssh {self.where}: command failed: {self._mask(str(error)) or type(error).__name__}") from None
+        return CommandResult(code, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace"), time.monotonic() - started)
+
+    def upload(self, local: Path, remote: str, timeout: float) -> str:
+        expected = sha256_file(local)
+        try:
+            sftp = self._client.open_sftp()
+            sftp.get_channel().settimeout(timeout)
+            try:
+                sftp.put(str(local), remote)
+            finally:
+                sftp.close()
+        except (OSError, socket.timeout, EOFError) as error:
+            raise TransportError(f"ssh {self.where}: upload of {local.name} failed: {self._mask(str(error))}") from None
+        if self.remote == "windows":
+            result = self.run(powershell(file_hash(remote)), timeout)
+            actual = result.stdout.strip().lower()
+        else:
+            result = self.run(f"sha256sum -- {posix_quote(remote)}", timeout)
+            actual = result.stdout.split(" ", 1)[0].strip().lower()
+        if actual != expected:
+            raise TransportError(f"ssh {self.where}: {remote} arrived with SHA-256 {actual or '(none)'}, expected {expected}")
+        return expected
+
+    def close(self) -> None:
+        client, self._client = getattr(self, "_client", None), None
+        if client is not None:
+            client.close()

@@ -1,0 +1,139 @@
+"""The SSH transport against a real sshd on 127.0.0.1, started here with its own keys and user."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from harness.secrets import Secret
+from harness.transports.base import AuthenticationError, HostKeyError
+from harness.transports.ssh import SshTransport
+
+pytestmark = pytest.mark.sshd
+
+USER = "kcbssh"
+
+
+@dataclass(frozen=True)
+class Sshd:
+    port: int
+    folder: Path
+    known_hosts: Path
+    client_key: Path
+    password: Secret
+    upload_dir: Path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def sshd() -> Iterator[Sshd]:
+    # sshd reads authorized_keys as the user: pytest's tmp folders (0700, root) are out of its reach.
+    folder = Path(tempfile.mkdtemp(prefix="kcb-sshd-", dir="/var/tmp"))
+    folder.chmod(0o755)
+    password = Secret(secrets.token_urlsafe(18))
+    if subprocess.run(["id", USER], capture_output=True, check=False).returncode != 0:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", USER], check=True)
+    subprocess.run(["chpasswd"], input=f"{USER}:{password.reveal()}\n", text=True, check=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / "host_key")], check=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / "client_key")], check=True)
+    (folder / "authorized_keys").write_text((folder / "client_key.pub").read_text())
+    (folder / "authorized_keys").chmod(0o644)
+    upload_dir = folder / "uploads"
+    upload_dir.mkdir()
+    upload_dir.chmod(0o777)
+    port = free_port()
+    config = folder / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {folder / 'host_key'}\nPidFile {folder / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {folder / 'authorized_keys'}\nUsePAM no\nPasswordAuthentication yes\nPubkeyAuthentication yes\n"
+        f"KbdInteractiveAuthentication no\nStrictModes no\nAllowUsers {USER}\nSubsystem sftp internal-sftp\n"
+    )
+    Path("/run/sshd").mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while True:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        assert process.poll() is None and time.monotonic() < deadline, "sshd did not start"
+        time.sleep(0.05)
+    host_public = (folder / "host_key.pub").read_text().split()
+    known_hosts = folder / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{port} {host_public[0]} {host_public[1]}\n")
+    try:
+        yield Sshd(port, folder, known_hosts, folder / "client_key", password, upload_dir)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def connect(server: Sshd, **overrides: object) -> SshTransport:
+    options: dict[str, object] = {"private_key": server.client_key, "known_hosts": server.known_hosts, "remote": "posix", "timeout": 10.0}
+    options.update(overrides)
+    return SshTransport("127.0.0.1", server.port, USER, **options)  # type: ignore[arg-type]
+
+
+def test_commands_and_exit_codes(sshd: Sshd) -> None:
+    with connect(sshd) as transport:
+        assert transport.run("echo hello", 10).stdout == "hello\n"
+        result = transport.run("echo oops >&2; exit 7", 10)
+        assert (result.exit_code, result.stderr) == (7, "oops\n")
+
+
+def test_upload_is_verified_by_hash(sshd: Sshd, tmp_path: Path) -> None:
+    local = tmp_path / "driver.sys"
+    local.write_bytes(os.urandom(5 * 1024 * 1024))
+    remote = str(sshd.upload_dir / "it's a $(name) `with` \"quotes\".sys")
+    with connect(sshd) as transport:
+        digest = transport.upload(local, remote, 30)
+    assert Path(remote).read_bytes() == local.read_bytes()
+    assert len(digest) == 64
+
+
+def test_password_authentication(sshd: Sshd) -> None:
+    with connect(sshd, private_key=None, password=sshd.password) as transport:
+        assert transport.run("id -un", 10).stdout.strip() == USER
+
+
+def test_wrong_password_is_rejected_without_showing_it(sshd: Sshd) -> None:
+    wrong = Secret("not-the-password-" + secrets.token_hex(4))
+    with pytest.raises(AuthenticationError) as caught:
+        connect(sshd, private_key=None, password=wrong)
+    assert wrong.reveal() not in str(caught.value) and "rejected" in str(caught.value)
+
+
+def test_wrong_host_key_is_rejected(sshd: Sshd, tmp_path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+    other = (tmp_path / "other.pub").read_text().split()
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{sshd.port} {other[0]} {other[1]}\n")
+    with pytest.raises(HostKeyError, match="does not match"):
+        connect(sshd, known_hosts=known_hosts)
+
+
+def test_unknown_host_key_is_rejected_unless_accepted(sshd: Sshd, tmp_path: Path) -> None:
+    empty = tmp_path / "known_hosts"
+    with pytest.raises(HostKeyError, match="unknown host key"):
+        connect(sshd, known_hosts=empty)
+    with connect(sshd, known_hosts=empty, accept_new_host_key=True) as transport:
+        assert transport.run("true", 10).ok
+    assert f"[127.0.0.1]:{sshd.port}" in empty.read_text()
+    with connect(sshd, known_hosts=empty) as transport:  # now known
+        assert transport.run("true", 10).ok
