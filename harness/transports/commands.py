@@ -55,10 +55,8 @@ def sc_script(*arguments: str) -> str:
 def create_service(service: str, image_path: str) -> str:
     """(Re)create a demand-start kernel-driver service for ``image_path``."""
     name = plain_name(service, "service")
-    return (
-        f"& sc.exe stop {ps_literal(name)} | Out-Null\n"
-        f"& sc.exe delete {ps_literal(name)} | Out-Null\n"
-        + sc_script("create", name, "type=", "kernel", "start=", "demand", "error=", "normal", "binPath=", image_path)
+    return f"& sc.exe stop {ps_literal(name)} | Out-Null\n& sc.exe delete {ps_literal(name)} | Out-Null\n" + sc_script(
+        "create", name, "type=", "kernel", "start=", "demand", "error=", "normal", "binPath=", image_path
     )
 
 
@@ -68,7 +66,8 @@ def set_parameters(service: str, parameters: dict[str, int | str]) -> str:
     lines = [f"Remove-Item -Path {key} -Recurse -ErrorAction SilentlyContinue", f"New-Item -Path {key} -Force | Out-Null"]
     for name, value in parameters.items():
         kind, data = ("DWord", str(int(value))) if isinstance(value, int) else ("String", ps_literal(value))
-        lines.append(f"New-ItemProperty -Path {key} -Name {ps_literal(plain_name(name, 'value name'))} -PropertyType {kind} -Value {data} -Force | Out-Null")
+        value_name = ps_literal(plain_name(name, "value name"))
+        lines.append(f"New-ItemProperty -Path {key} -Name {value_name} -PropertyType {kind} -Value {data} -Force | Out-Null")
     return "\n".join(lines)
 
 

@@ -9,7 +9,6 @@ line or an exception message.
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -81,7 +80,7 @@ class SshTransport(Transport):
                 if "not found in known_hosts" in str(error):
                     raise HostKeyError(f"ssh {self.where}: unknown host key (add it to known_hosts, or set accept_new_host_key)") from None
                 last = error
-            except (OSError, socket.timeout) as error:
+            except (TimeoutError, OSError) as error:
                 last = error
             time.sleep(min(2.0**attempt, 5.0))
         else:
@@ -103,7 +102,7 @@ class SshTransport(Transport):
             stderr = channel.makefile_stderr("rb").read()
             code = channel.recv_exit_status()
             channel.close()
-        except (OSError, socket.timeout, EOFError) as error:
+        except (TimeoutError, OSError, EOFError) as error:
             raise TransportError(f"ssh {self.where}: command failed: {self._mask(str(error)) or type(error).__name__}") from None
         return CommandResult(code, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace"), time.monotonic() - started)
 
@@ -116,7 +115,7 @@ class SshTransport(Transport):
                 sftp.put(str(local), remote)
             finally:
                 sftp.close()
-        except (OSError, socket.timeout, EOFError) as error:
+        except (TimeoutError, OSError, EOFError) as error:
             raise TransportError(f"ssh {self.where}: upload of {local.name} failed: {self._mask(str(error))}") from None
         if self.remote == "windows":
             result = self.run(powershell(file_hash(remote)), timeout)

@@ -100,7 +100,7 @@ def test_commands_and_exit_codes(sshd: Sshd) -> None:
 def test_upload_is_verified_by_hash(sshd: Sshd, tmp_path: Path) -> None:
     local = tmp_path / "driver.sys"
     local.write_bytes(os.urandom(5 * 1024 * 1024))
-    remote = str(sshd.upload_dir / "it's a $(name) `with` \"quotes\".sys")
+    remote = str(sshd.upload_dir / 'it\'s a $(name) `with` "quotes".sys')
     with connect(sshd) as transport:
         digest = transport.upload(local, remote, 30)
     assert Path(remote).read_bytes() == local.read_bytes()
