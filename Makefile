@@ -6,7 +6,7 @@ PY      := $(VENV)/bin/python
 BUILD   := $(abspath build)
 OUT     ?= $(BUILD)/reports
 
-.PHONY: all setup host venv build drivers wine-guest standin run test lint bench clean
+.PHONY: all setup host venv build drivers wine-guest standin sign run test lint bench clean
 all: build
 
 setup: host venv
@@ -27,6 +27,11 @@ drivers: host
 
 wine-guest: host
 	$(MAKE) -s -C harness/guests/wine OUT=$(BUILD)/wine PYTHON=$(PYTHON)
+
+# Test-signed copies of the drivers for a Windows VM (certificate in build/signing/).
+sign: setup build
+	rm -rf $(BUILD)/drivers-signed && cp -r $(BUILD)/drivers $(BUILD)/drivers-signed
+	$(PY) -m harness sign $(BUILD)/drivers-signed/*.sys
 
 # The Linux stand-in guest (Debian kernel + busybox initramfs) for the serial and VM tests.
 standin: host

@@ -32,7 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--guest", default="wine", choices=GUESTS, help="where the drivers run (default: wine, the embedded guest)")
     run.add_argument("--out", type=Path, help="report folder (default: build/reports)")
     run.add_argument("--drivers", type=Path, help="folder of built driver images (default: build/drivers)")
+    run.add_argument("--config", type=Path, help="configuration of the libvirt guest (default: harness.yaml)")
     run.add_argument("-v", "--verbose", action="store_true", help="show every step")
+    sign = commands.add_parser("sign", help="test-sign driver images (openssl certificate + osslsigncode)")
+    sign.add_argument("images", nargs="+", type=Path, help=".sys files, signed in place")
+    sign.add_argument("--cert-dir", type=Path, help="where the test certificate lives (default: build/signing)")
     kd = commands.add_parser("kd", help="kernel-debugger (KDCOM) tools")
     kd_commands = kd.add_subparsers(dest="kd_command", required=True)
     replay = kd_commands.add_parser(
@@ -42,6 +46,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("raw", type=Path, help="a raw capture (kd-raw.log, or a QEMU chardev logfile)")
     return parser
+
+
+def sign_command(args: argparse.Namespace) -> int:
+    from harness.driver.sign import ensure_certificate, sign
+
+    missing = [str(path) for path in args.images if not path.is_file()]
+    if missing:
+        raise ConfigError(f"no such driver image: {', '.join(missing)}")
+    bundle = ensure_certificate(args.cert_dir or project_root() / "build" / "signing")
+    for image in args.images:
+        sign(image, bundle)
+        print(f"signed {image}")
+    return EXIT_OK
 
 
 def kd_replay_command(args: argparse.Namespace) -> int:
@@ -75,7 +92,7 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    settings = Settings.defaults(out_dir=args.out, drivers_dir=args.drivers, guest=args.guest)
+    settings = Settings.defaults(out_dir=args.out, drivers_dir=args.drivers, guest=args.guest, config=args.config)
     scenarios = load_all(args.paths or [project_root() / "scenarios"])
     if not settings.drivers_dir.is_dir():
         raise ConfigError(f"drivers folder {settings.drivers_dir} does not exist: run `make build` or pass --drivers")
@@ -87,6 +104,10 @@ def run_command(args: argparse.Namespace) -> int:
         for loaded in scenarios:
             print(f"RUN  {loaded.id}: {loaded.scenario.name}", flush=True)
             result = run_scenario(loaded, factory, settings.drivers_dir, settings.out_dir, progress)
+            if result.outcome == "infra":
+                # The guest broke, not the drivers: one more try on a fresh guest (never for failed/crashed/hung).
+                print(f"INFRA {loaded.id}: {result.message}; retrying once", flush=True)
+                result = run_scenario(loaded, factory, settings.drivers_dir, settings.out_dir, progress)
             results.append(result)
             write_reports(results, settings.out_dir)
             mark = "PASS" if result.passed else result.outcome.upper()
@@ -112,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return run_command(args)
+        if args.command == "sign":
+            return sign_command(args)
         if args.command == "kd" and args.kd_command == "replay":
             return kd_replay_command(args)
     except (ScenarioError, ConfigError) as error:

@@ -29,6 +29,7 @@ class Settings:
     build_dir: Path
     cache_dir: Path
     guest: str = "wine"
+    config: Path | None = None  # harness.yaml (libvirt guest)
 
     @classmethod
     def defaults(cls, **overrides: object) -> Settings:
@@ -38,6 +39,7 @@ class Settings:
             "out_dir": root / "build" / "reports",
             "build_dir": root / "build",
             "cache_dir": default_cache_dir(),
+            "config": root / "harness.yaml",
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)  # type: ignore[arg-type]

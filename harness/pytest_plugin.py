@@ -8,6 +8,7 @@ run's JUnit XML and HTML report go to ``--kcb-out`` as with the CLI.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,16 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> ScenarioFi
     if file_path.suffix in SUFFIXES and "scenarios" in file_path.parent.parts:
         return ScenarioFile.from_parent(parent, path=file_path)
     return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that need a real Windows VM run only when KCB_WINDOWS_CONFIG names a configuration."""
+    if os.environ.get("KCB_WINDOWS_CONFIG"):
+        return
+    deselected = [item for item in items if item.get_closest_marker("windows_vm") is not None]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if item.get_closest_marker("windows_vm") is None]
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

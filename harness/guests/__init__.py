@@ -12,7 +12,7 @@ from harness.timeline import Timeline
 
 GuestFactory = Callable[[Timeline, Path], Guest]
 
-GUESTS = ("wine",)
+GUESTS = ("wine", "libvirt")
 
 
 def guest_factory(settings: Settings) -> GuestFactory:
@@ -31,4 +31,15 @@ def guest_factory(settings: Settings) -> GuestFactory:
         prefix = WinePrefix(settings.cache_dir / "wine-prefix", WineTools.find(), GuestFiles.in_dir(settings.build_dir / "wine"))
         prefix.ensure()
         return lambda timeline, run_dir: WineGuest(timeline, run_dir, prefix)
+    if settings.guest == "libvirt":
+        from harness.guests.libvirt_vm.config import load_config
+        from harness.guests.libvirt_vm.guest import LibvirtGuest, VmSession
+
+        if settings.config is None or not settings.config.is_file():
+            raise ConfigError(
+                "the libvirt guest needs a configuration: copy harness.example.yaml to harness.yaml, "
+                f"or pass --config (looked for {settings.config})"
+            )
+        session = VmSession(load_config(settings.config))
+        return lambda timeline, run_dir: LibvirtGuest(timeline, run_dir, session)
     raise ConfigError(f"unknown guest {settings.guest!r} (known: {', '.join(GUESTS)})")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import re
 
-_PLAIN = re.compile(r"^[A-Za-z0-9_.-]+$")
+_PLAIN = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 def ps_literal(value: str) -> str:
@@ -37,7 +37,7 @@ def plain_name(value: str, what: str) -> str:
     Raises:
         ValueError: anything else.
     """
-    if not _PLAIN.match(value):
+    if not _PLAIN.fullmatch(value):
         raise ValueError(f"{what} {value!r} is not a plain name")
     return value
 

@@ -101,3 +101,25 @@ def test_a_killed_harness_loses_no_log_and_the_next_run_recovers(tmp_path: Path,
     out, err = again.communicate(timeout=120)
     assert again.returncode == 0, out + err  # ...and the next run removes it first
     assert session_processes(wine_prefix) == []
+
+
+def test_libvirt_guest_without_an_image_says_what_is_missing() -> None:
+    process = harness("run", "--guest", "libvirt", "--config", str(ROOT / "harness.example.yaml"))
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 2, out + err
+    assert err.count("\n") == 1 and "win10.qcow2 does not exist" in err and "vm-images/README.md" in err
+
+
+def test_libvirt_guest_without_a_configuration(tmp_path: Path) -> None:
+    process = harness("run", "--guest", "libvirt", "--config", str(tmp_path / "harness.yaml"))
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 2 and "copy harness.example.yaml to harness.yaml" in err
+
+
+def test_bad_configuration_names_file_line_and_field(tmp_path: Path) -> None:
+    config = tmp_path / "harness.yaml"
+    config.write_text("vm:\n  image: x.qcow2\n  vcpus: many\n")
+    process = harness("run", "--guest", "libvirt", "--config", str(config))
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert err == f"error: {config}:3: vm.vcpus: Input should be a valid integer, unable to parse string as an integer\n"

@@ -128,6 +128,6 @@ def load_config(path: Path) -> HarnessConfig:
     if not isinstance(data, dict):
         raise ConfigFileError(path, 1, "", "expected a mapping with vm: and transport:")
     config = validate(HarnessConfig, data, lines, path, ConfigFileError)
-    base = path.parent
+    base = path.parent.resolve()
     vm = config.vm.model_copy(update={"image": base / config.vm.image, "work_dir": base / config.vm.work_dir})
     return config.model_copy(update={"vm": vm})

@@ -1,0 +1,245 @@
+"""The real guest: a libvirt Windows VM, reverted to a running snapshot before every scenario.
+
+Once per harness run (``VmSession.prepare``): stale VMs of dead harness runs
+are removed, the VM boots on an overlay of the golden image, the transport
+waits until Windows answers, and the running snapshot is taken. Per scenario
+(``LibvirtGuest``): revert (paused), attach the KD reader on COM1 and the
+text reader on COM2, resume, reconnect the transport; install drivers with
+sc.exe and their Parameters; load/unload; lifecycle crash events become
+GuestCrash events with the Hyper-V bugcheck code when libvirt logged it.
+Windows-only parts need a real image: they run in the ``windows_vm`` tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from harness.errors import ConfigError, GuestError, GuestHung
+from harness.guests.base import ControlResult, DriverInstall, Guest
+from harness.guests.libvirt_vm.config import HarnessConfig
+from harness.guests.libvirt_vm.domain_xml import DomainSpec, PortForward
+from harness.guests.libvirt_vm.vm import LifecycleEvent, VirtualMachine, detect_accel, new_name, parse_panic_log, remove_stale
+from harness.kd.serial import Endpoint, KdSerialReader, SerialReader, TextSerialReader
+from harness.kernel.events import GuestCrash
+from harness.timeline import Timeline
+from harness.transports.base import Transport, TransportError
+from harness.transports.commands import create_service, powershell, sc_error, sc_script, set_parameters
+
+log = logging.getLogger(__name__)
+
+IMAGE_HELP = "prepare one from a Windows ISO as vm-images/README.md describes, and point vm.image at it"
+_DRIVER_ENTRY = re.compile(r"DriverEntry status:\(0x([0-9A-Fa-f]{8})\)")
+#: Win32 errors sc.exe reports, back to the NTSTATUS that most often causes them (lossy: used only
+#: when the driver does not log its own status).
+WIN32_TO_STATUS = {
+    2: 0xC0000034,
+    3: 0xC000003A,
+    5: 0xC0000022,
+    31: 0xC0000001,
+    127: 0xC000007A,
+    193: 0xC000007B,
+    577: 0xC0000428,
+    1275: 0xC000036C,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class VmSession:
+    """The VM of one harness run, shared by the scenarios' guests."""
+
+    def __init__(self, config: HarnessConfig) -> None:
+        settings = config.vm
+        if not settings.image.is_file():
+            raise ConfigError(f"the Windows golden image {settings.image} does not exist: {IMAGE_HELP}")
+        if settings.firmware == "uefi" and not settings.ovmf_code.is_file():
+            raise ConfigError(f"UEFI firmware {settings.ovmf_code} not found: apt-get install ovmf (or set vm.ovmf_code)")
+        self.config = config
+        self.password = config.transport.password()  # fails now, not after a 10-minute boot
+        self.host_port = config.transport.host_port or free_port()
+        work = settings.work_dir / new_name(settings.name_prefix)
+        run = work / "run"
+        spec = DomainSpec(
+            name=work.name,
+            memory_mib=settings.memory_mib,
+            vcpus=settings.vcpus,
+            disk=settings.image,
+            domain_type=("kvm" if detect_accel() == "kvm" else "qemu")
+            if settings.accel == "auto"
+            else ("kvm" if settings.accel == "kvm" else "qemu"),
+            firmware=settings.firmware,
+            ovmf_code=settings.ovmf_code,
+            nvram=settings.ovmf_vars,
+            com1=run / "com1.sock",
+            com1_log=run / "com1-kd.raw",
+            com2=run / "com2.sock" if settings.text_serial else None,
+            com2_log=run / "com2.log" if settings.text_serial else None,
+            panic="hyperv" if settings.hyperv else "none",
+            hyperv=settings.hyperv,
+            forwards=(PortForward(self.host_port, config.transport.port),),
+        )
+        self.vm = VirtualMachine(settings.uri, replace(spec, owner_pid=os.getpid()), settings.image, run)
+        self.prepared = False
+
+    def connect_transport(self, timeout: float) -> Transport:
+        """Connect to the guest, retrying until ``timeout`` (Windows may still be starting).
+
+        Raises:
+            GuestHung: nothing answered in time.
+        """
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                return self._transport()
+            except TransportError as error:
+                last = error
+                time.sleep(5)
+        raise GuestHung(f"the guest's {self.config.transport.type} did not answer within {timeout:g}s: {last}")
+
+    def _transport(self) -> Transport:
+        settings = self.config.transport
+        if settings.type == "ssh":
+            from harness.transports.ssh import SshTransport
+
+            return SshTransport(
+                "127.0.0.1", self.host_port, settings.username, password=self.password, private_key=settings.private_key,
+                known_hosts=settings.known_hosts, accept_new_host_key=settings.accept_new_host_key, timeout=settings.timeout,
+            )  # fmt: skip
+        from harness.transports.winrm import WinRmTransport
+
+        if self.password is None:
+            raise ConfigError("WinRM needs a password (password_env or password_file)")
+        return WinRmTransport(
+            "127.0.0.1", self.host_port, settings.username, self.password, scheme=settings.scheme, auth=settings.auth,
+            message_encryption=settings.message_encryption, server_cert_validation=settings.server_cert_validation,
+            timeout=settings.timeout,
+        )  # fmt: skip
+
+    def prepare(self) -> None:
+        """Boot, wait until the guest answers, take the running snapshot (once per run)."""
+        if self.prepared:
+            return
+        settings = self.config.vm
+        removed = remove_stale(settings.uri, settings.name_prefix)
+        if removed:
+            log.warning("removed VMs left by a harness that died: %s", ", ".join(removed))
+        self.vm.connect()
+        self.vm.boot()
+        self.connect_transport(settings.ready_timeout).close()
+        self.vm.take_ready_snapshot()
+        self.prepared = True
+
+    def close(self) -> None:
+        self.vm.close()
+
+
+class LibvirtGuest(Guest):
+    """One scenario on the reverted VM."""
+
+    name = "libvirt"
+
+    def __init__(self, timeline: Timeline, run_dir: Path, session: VmSession) -> None:
+        super().__init__(timeline, run_dir)
+        self.session = session
+        self.readers: list[SerialReader] = []
+        self.transport: Transport | None = None
+
+    @property
+    def raw_log(self) -> Path:
+        return self.run_dir / "kd-raw.log"
+
+    def _on_lifecycle(self, event: LifecycleEvent) -> None:
+        if event.event == "crashed":
+            panic = parse_panic_log(self.session.vm.domain_log())
+            code, params = (panic[0], panic[1]) if panic else (None, ())
+            self.timeline.append(GuestCrash(self.timeline.now(), "the VM crashed (libvirt panic event)", code, params))
+
+    def start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        vm = self.session.vm
+        self.session.prepare()
+        vm.listeners.append(self._on_lifecycle)
+        vm.revert(paused=True)
+        spec = vm.spec
+        assert spec.com1 is not None
+        kd = KdSerialReader(Endpoint.parse(f"unix:{spec.com1}"), self.timeline, self.raw_log)
+        self.readers.append(kd)
+        if spec.com2 is not None:
+            self.readers.append(TextSerialReader(Endpoint.parse(f"unix:{spec.com2}"), self.timeline, self.run_dir / "com2.log"))
+        for reader in self.readers:
+            reader.start()
+            if not reader.wait_connected(1, timeout=30):
+                raise GuestError(f"could not attach to the VM's serial port {reader.endpoint.address}")
+        vm.resume()
+        self.transport = self.session.connect_transport(self.session.config.transport.timeout * 3)
+
+    def stop(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+        for reader in self.readers:
+            reader.stop()
+        self.readers.clear()
+        listeners = self.session.vm.listeners
+        if self._on_lifecycle in listeners:
+            listeners.remove(self._on_lifecycle)
+
+    def _run(self, script: str, timeout: float) -> tuple[int, str]:
+        if self.transport is None:
+            raise GuestError("the VM guest is not started")
+        try:
+            result = self.transport.run(powershell(script), timeout)
+        except TransportError as error:
+            if "did not finish" in str(error):
+                raise GuestHung(str(error)) from None
+            raise
+        return result.exit_code, result.stdout + result.stderr
+
+    def install(self, driver: DriverInstall, timeout: float) -> None:
+        if self.transport is None:
+            raise GuestError("the VM guest is not started")
+        remote = f"{self.session.config.guest_dir}\\{driver.service}.sys"
+        self.transport.upload(driver.image, remote, timeout)
+        code, output = self._run(create_service(driver.service, remote), timeout)
+        if code != 0:
+            raise GuestError(f"sc create {driver.service} failed: {output.strip()[:300]}")
+        code, output = self._run(set_parameters(driver.service, dict(driver.parameters)), timeout)
+        if code != 0:
+            raise GuestError(f"setting Parameters of {driver.service} failed: {output.strip()[:300]}")
+
+    def _control(self, verb: str, service: str, timeout: float) -> ControlResult:
+        started = self.timeline.now()
+        code, output = self._run(sc_script(verb, service), timeout)
+        win32 = sc_error(output, code)
+        status: int | None = None
+        if verb == "start":
+            # The driver's own "DriverEntry status:(0x...)" line is the NTSTATUS; sc only has the Win32 code.
+            for line in reversed(self.timeline.lines()):
+                if line.t < started:
+                    break
+                if match := _DRIVER_ENTRY.search(line.text):
+                    status = int(match.group(1), 16)
+                    break
+            if status is None:
+                status = 0 if win32 is None else WIN32_TO_STATUS.get(win32)
+        else:
+            status = 0 if win32 is None else None
+        return ControlResult(ok=win32 is None, status=status, win32=win32, detail=output.strip().splitlines()[0] if output.strip() else "")
+
+    def load(self, service: str, timeout: float) -> ControlResult:
+        return self._control("start", service, timeout)
+
+    def unload(self, service: str, timeout: float) -> ControlResult:
+        return self._control("stop", service, timeout)
