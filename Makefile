@@ -48,9 +48,10 @@ lint: venv
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-bench: setup build
+bench: setup build standin
 	$(PY) benchmarks/run_all.py
 	$(PY) benchmarks/kd_decoder.py
+	$(PY) benchmarks/vm_revert.py
 
 clean:
 	rm -rf build
