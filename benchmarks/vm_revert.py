@@ -67,12 +67,12 @@ def main() -> int:
                 revert.append(next_line(timeline, seen) - started)
         finally:
             vm.close()
-    print(
-        f"stand-in VM cold boot to serial-ready: median {statistics.median(cold):.2f} s (min {min(cold):.2f}, max {max(cold):.2f}, n={len(cold)})"
-    )
-    print(
-        f"stand-in VM snapshot revert to serial-ready: median {statistics.median(revert):.2f} s (min {min(revert):.2f}, max {max(revert):.2f}, n={len(revert)})"
-    )
+
+    def summary(values: list[float]) -> str:
+        return f"median {statistics.median(values):.2f} s (min {min(values):.2f}, max {max(values):.2f}, n={len(values)})"
+
+    print(f"stand-in VM cold boot to serial-ready: {summary(cold)}")
+    print(f"stand-in VM snapshot revert to serial-ready: {summary(revert)}")
     print(f"scenario overhead, revert vs cold boot: {statistics.median(revert):.2f} s vs {statistics.median(cold):.2f} s")
     return 0
 
