@@ -34,6 +34,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--drivers", type=Path, help="folder of built driver images (default: build/drivers)")
     run.add_argument("--config", type=Path, help="configuration of the libvirt guest (default: harness.yaml)")
     run.add_argument("-v", "--verbose", action="store_true", help="show every step")
+    compare = commands.add_parser("compare", help="run two driver builds on the same scenarios and report what changed")
+    compare.add_argument("paths", nargs="*", type=Path, help="scenario files or folders (default: scenarios/)")
+    compare.add_argument("--baseline", type=Path, required=True, help="folder of the baseline build's driver images")
+    compare.add_argument("--candidate", type=Path, required=True, help="folder of the candidate build's driver images")
+    compare.add_argument("--guest", default="wine", choices=GUESTS, help="where the drivers run (default: wine)")
+    compare.add_argument("--config", type=Path, help="configuration of the libvirt guest (default: harness.yaml)")
+    compare.add_argument("--out", type=Path, help="report folder (default: build/compare)")
     sign = commands.add_parser("sign", help="test-sign driver images (openssl certificate + osslsigncode)")
     sign.add_argument("images", nargs="+", type=Path, help=".sys files, signed in place")
     sign.add_argument("--cert-dir", type=Path, help="where the test certificate lives (default: build/signing)")
@@ -46,6 +53,40 @@ def _parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("raw", type=Path, help="a raw capture (kd-raw.log, or a QEMU chardev logfile)")
     return parser
+
+
+def run_all(scenarios: list[LoadedScenario], settings: Settings, label: str) -> list[ScenarioResult]:
+    factory = guest_factory(settings)
+    results = []
+    for loaded in scenarios:
+        result = run_scenario(loaded, factory, settings.drivers_dir, settings.out_dir)
+        if result.outcome == "infra":
+            result = run_scenario(loaded, factory, settings.drivers_dir, settings.out_dir)
+        results.append(result)
+        print(f"{label:<9} {'PASS' if result.passed else result.outcome.upper():<7} {loaded.id}", flush=True)
+    write_reports(results, settings.out_dir)
+    return results
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    from harness.compare import compare, render
+
+    for folder in (args.baseline, args.candidate):
+        if not folder.is_dir():
+            raise ConfigError(f"drivers folder {folder} does not exist")
+    scenarios = load_all(args.paths or [project_root() / "scenarios"])
+    out = args.out or project_root() / "build" / "compare"
+    base = Settings.defaults(drivers_dir=args.baseline, out_dir=out / "baseline", guest=args.guest, config=args.config)
+    cand = Settings.defaults(drivers_dir=args.candidate, out_dir=out / "candidate", guest=args.guest, config=args.config)
+    try:
+        changes = compare(run_all(scenarios, base, "baseline"), run_all(scenarios, cand, "candidate"))
+    except KeyboardInterrupt:
+        print("interrupted; guest torn down", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    report = render(changes)
+    (out / "compare.txt").write_text(report, encoding="utf-8")
+    print(report, end="")
+    return EXIT_FAILED if any(change.kind == "regressed" for change in changes) else EXIT_OK
 
 
 def sign_command(args: argparse.Namespace) -> int:
@@ -133,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return run_command(args)
+        if args.command == "compare":
+            return compare_command(args)
         if args.command == "sign":
             return sign_command(args)
         if args.command == "kd" and args.kd_command == "replay":

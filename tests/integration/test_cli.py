@@ -123,3 +123,25 @@ def test_bad_configuration_names_file_line_and_field(tmp_path: Path) -> None:
     out, err = process.communicate(timeout=60)
     assert process.returncode == 2
     assert err == f"error: {config}:3: vm.vcpus: Input should be a valid integer, unable to parse string as an integer\n"
+
+
+def test_compare_names_the_scenarios_a_seeded_bug_breaks(tmp_path: Path) -> None:
+    build = ROOT / "build"
+    scenarios = [str(ROOT / "scenarios" / name) for name in ("04-receiver-unloads.yaml", "06-unload-sender-first.yaml")]
+    process = harness(
+        "compare",
+        "--baseline",
+        str(build / "drivers"),
+        "--candidate",
+        str(build / "drivers-seeded-bug"),
+        "--out",
+        str(tmp_path),
+        *scenarios,
+    )
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 1, out + err
+    assert "REGRESSED 04-receiver-unloads: passed -> crashed" in out
+    assert "UNCHANGED 06-unload-sender-first: passed -> passed" in out
+    assert "1 regressed, 0 fixed, 2 compared" in out
+    assert (tmp_path / "compare.txt").read_text() in out
+    assert (tmp_path / "candidate" / "junit.xml").is_file()
