@@ -41,6 +41,35 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--guest", default="wine", choices=GUESTS, help="where the drivers run (default: wine)")
     compare.add_argument("--config", type=Path, help="configuration of the libvirt guest (default: harness.yaml)")
     compare.add_argument("--out", type=Path, help="report folder (default: build/compare)")
+    image = commands.add_parser("image", help="the Windows golden image")
+    image_commands = image.add_subparsers(dest="image_command", required=True)
+    build = image_commands.add_parser(
+        "build",
+        help="install Windows unattended from an ISO into a new golden image",
+        description=(
+            "Installs Windows from your ISO in a libvirt domain with the test VM's hardware (UEFI without Secure Boot, SATA, e1000e; "
+            "a TPM for Windows 11), with a generated autounattend.xml and first-logon script (WinRM, optional OpenSSH, test-signing, "
+            "serial kernel debugging on COM1, Debug Print Filter, kernel dumps without auto-reboot, the test certificate, "
+            "Windows Update and Defender sample submission off), waits until Windows shuts down, and writes IMAGE.manifest.json. "
+            "The Administrator password comes from an environment variable, never from the command line."
+        ),
+    )
+    build.add_argument("--iso", type=Path, required=True, help="the Windows installation ISO (yours; it cannot be shipped)")
+    build.add_argument(
+        "--edition", required=True, help="image name in install.wim, e.g. 'Windows 10 Pro' or 'Windows Server 2022 SERVERSTANDARD'"
+    )
+    build.add_argument("--out", type=Path, required=True, help="the qcow2 image to create, e.g. vm-images/win10.qcow2")
+    build.add_argument("--password-env", default="KCB_GUEST_PASSWORD", help="environment variable holding the Administrator password")
+    build.add_argument("--locale", default="en-US", help="UI, input and user locale (default en-US)")
+    build.add_argument("--timezone", default="UTC", help="Windows time zone name (default UTC)")
+    build.add_argument("--product-key", help="product key, when the ISO needs one")
+    build.add_argument("--ssh", action="store_true", help="also enable the OpenSSH server")
+    build.add_argument("--certificate", type=Path, help="test-signing CA to import (default: build/signing/ca.crt when present)")
+    build.add_argument("--disk-size", default="64G", help="virtual disk size (default 64G)")
+    build.add_argument("--memory-mib", type=int, default=4096, help="memory during the install (default 4096)")
+    build.add_argument("--vcpus", type=int, default=2, help="virtual CPUs (default 2)")
+    build.add_argument("--timeout", default="3h", help="give up after this long (default 3h)")
+    build.add_argument("--uri", default="qemu:///system", help="libvirt URI (default qemu:///system)")
     sign = commands.add_parser("sign", help="test-sign driver images (openssl certificate + osslsigncode)")
     sign.add_argument("images", nargs="+", type=Path, help=".sys files, signed in place")
     sign.add_argument("--cert-dir", type=Path, help="where the test certificate lives (default: build/signing)")
@@ -87,6 +116,42 @@ def compare_command(args: argparse.Namespace) -> int:
     (out / "compare.txt").write_text(report, encoding="utf-8")
     print(report, end="")
     return EXIT_FAILED if any(change.kind == "regressed" for change in changes) else EXIT_OK
+
+
+def image_build_command(args: argparse.Namespace) -> int:
+    from harness.durations import parse_duration
+    from harness.image.answer import ImageOptions
+    from harness.image.build import BuildRequest, build_image
+    from harness.secrets import load_secret
+
+    if not args.iso.is_file():
+        raise ConfigError(f"installer ISO {args.iso} not found (pass --iso with a Windows ISO of your own)")
+    try:
+        options = ImageOptions(
+            edition=args.edition, locale=args.locale, timezone=args.timezone, product_key=args.product_key, ssh=args.ssh,
+            certificate=_certificate(args.certificate),
+        )  # fmt: skip
+        timeout = parse_duration(args.timeout)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    password = load_secret(args.password_env, None, "Administrator password")
+    request = BuildRequest(
+        iso=args.iso, out=args.out, options=options, password=password, uri=args.uri, disk_size=args.disk_size,
+        memory_mib=args.memory_mib, vcpus=args.vcpus, timeout=timeout, work_dir=project_root() / "build" / "image",
+    )  # fmt: skip
+    manifest = build_image(request)
+    print(f"built {args.out} (Windows build {manifest.windows_build}, sha256 {manifest.sha256})")
+    return EXIT_OK
+
+
+def _certificate(path: Path | None) -> bytes | None:
+    default = project_root() / "build" / "signing" / "ca.crt"
+    chosen = path or (default if default.is_file() else None)
+    if chosen is None:
+        return None
+    if not chosen.is_file():
+        raise ConfigError(f"certificate {chosen} not found")
+    return chosen.read_bytes()
 
 
 def sign_command(args: argparse.Namespace) -> int:
@@ -176,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_command(args)
         if args.command == "compare":
             return compare_command(args)
+        if args.command == "image" and args.image_command == "build":
+            return image_build_command(args)
         if args.command == "sign":
             return sign_command(args)
         if args.command == "kd" and args.kd_command == "replay":

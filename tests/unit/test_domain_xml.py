@@ -101,3 +101,19 @@ def test_names_with_markup_are_escaped() -> None:
     spec = DomainSpec(name="kcb-<x>&", memory_mib=1, vcpus=1, disk=Path("/a'b\"c.qcow2"), firmware="bios")
     root = parse(spec)
     assert root.findtext("name") == "kcb-<x>&" and root.find("devices/disk/source").get("file") == "/a'b\"c.qcow2"  # type: ignore[union-attr]
+
+
+def test_installation_media_and_tpm() -> None:
+    from dataclasses import replace
+
+    spec = replace(WINDOWS, cdroms=(Path("/isos/win11.iso"), Path("/run/answers.iso")), tpm=True)
+    root = parse(spec)
+    cdroms = [d for d in root.findall("devices/disk") if d.get("device") == "cdrom"]
+    assert [(c.find("source").get("file"), c.find("target").get("dev")) for c in cdroms] == [  # type: ignore[union-attr]
+        ("/isos/win11.iso", "sdb"),
+        ("/run/answers.iso", "sdc"),
+    ]
+    assert all(c.find("readonly") is not None for c in cdroms)
+    assert [b.get("dev") for b in root.findall("os/boot")] == ["cdrom", "hd"]
+    tpm = root.find("devices/tpm")
+    assert tpm is not None and tpm.find("backend").get("version") == "2.0"  # type: ignore[union-attr]

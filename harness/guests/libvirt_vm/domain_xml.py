@@ -51,6 +51,8 @@ class DomainSpec:
     panic: Literal["hyperv", "isa", "none"] = "hyperv"
     hyperv: bool = True
     forwards: tuple[PortForward, ...] = ()
+    cdroms: tuple[Path, ...] = ()  # SATA CD-ROMs, booted from first when present (installation)
+    tpm: bool = False  # TPM 2.0 (swtpm), for Windows 11
     owner_pid: int = 0
     run_dir: Path | None = None
     owned_files: tuple[Path, ...] = field(default_factory=tuple)  # removed with the run (never the golden image)
@@ -98,6 +100,8 @@ def domain_xml(spec: DomainSpec) -> str:
             _sub(os_element, "initrd", str(spec.initrd))
         _sub(os_element, "cmdline", spec.cmdline)
     else:
+        if spec.cdroms:
+            _sub(os_element, "boot", dev="cdrom")
         _sub(os_element, "boot", dev="hd")
 
     features = _sub(domain, "features")
@@ -126,6 +130,12 @@ def domain_xml(spec: DomainSpec) -> str:
     _sub(disk, "driver", name="qemu", type="qcow2")
     _sub(disk, "source", file=str(spec.disk))
     _sub(disk, "target", dev="sda", bus="sata")
+    for index, image in enumerate(spec.cdroms):
+        cdrom = _sub(devices, "disk", type="file", device="cdrom")
+        _sub(cdrom, "driver", name="qemu", type="raw")
+        _sub(cdrom, "source", file=str(image))
+        _sub(cdrom, "target", dev=f"sd{chr(ord('b') + index)}", bus="sata")
+        _sub(cdrom, "readonly")
     if spec.com1 is not None:
         _serial(devices, 0, spec.com1, spec.com1_log)
     if spec.com2 is not None:
@@ -135,6 +145,9 @@ def domain_xml(spec: DomainSpec) -> str:
     elif spec.panic == "isa":
         panic = _sub(devices, "panic", model="isa")
         _sub(panic, "address", type="isa", iobase="0x505")
+    if spec.tpm:
+        tpm = _sub(devices, "tpm", model="tpm-crb")
+        _sub(tpm, "backend", type="emulator", version="2.0")
     _sub(devices, "memballoon", model="none")
 
     if spec.forwards:

@@ -63,6 +63,10 @@ class VmSession:
         settings = config.vm
         if not settings.image.is_file():
             raise ConfigError(f"the Windows golden image {settings.image} does not exist: {IMAGE_HELP}")
+        from harness.image.build import check_manifest
+
+        if check_manifest(settings.image) is None:
+            log.warning("%s has no manifest (prepared by hand?): its settings are not checked", settings.image)
         if settings.firmware == "uefi" and not settings.ovmf_code.is_file():
             raise ConfigError(f"UEFI firmware {settings.ovmf_code} not found: apt-get install ovmf (or set vm.ovmf_code)")
         self.config = config

@@ -187,15 +187,15 @@ class VirtualMachine:
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
-    def boot(self) -> None:
-        """Create a fresh overlay over the golden image and start the VM.
+    def boot(self, overlay: bool = True) -> None:
+        """Start the VM on a fresh overlay over the golden image (``overlay=False``: on the image itself, to build it).
 
         Raises:
             GuestError: libvirt refused the domain.
         """
         libvirt = _libvirt()
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        disk = self._next_overlay(self.image)
+        disk = self._next_overlay(self.image) if overlay else self.image
         nvram = self._fresh_nvram()
         self.spec = replace(self.spec, disk=disk, nvram=nvram, run_dir=self.work_dir)
         xml = domain_xml(self.spec)

@@ -1,0 +1,239 @@
+"""From a Windows ISO to a golden image: an unattended install in a libvirt domain, watched until it powers off.
+
+The domain has the test VM's hardware (q35, UEFI without Secure Boot, SATA,
+e1000e on restricted user networking; a TPM for Windows 11), the installer
+ISO and the answer ISO as CD-ROMs, and COM2 as a text socket on which the
+first-logon script reports progress. The install ends when Windows shuts
+itself down; a timeout ends it with the last progress line and a
+screenshot. The answer ISO (it holds the password) is deleted afterwards.
+The result gets a manifest (``<image>.manifest.json``) that the harness
+checks before it uses the image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from harness.errors import ConfigError, GuestError, HarnessError
+from harness.guests.libvirt_vm.domain_xml import DomainSpec
+from harness.guests.libvirt_vm.vm import VirtualMachine, _libvirt, detect_accel, new_name
+from harness.image.answer import FIRST_LOGON, PROGRESS_PREFIX, ImageOptions, autounattend_xml, first_logon_script
+from harness.image.iso import make_iso
+from harness.kd.serial import Endpoint, TextSerialReader
+from harness.kernel.events import Event, LogLine
+from harness.secrets import Secret
+from harness.timeline import Timeline
+
+log = logging.getLogger(__name__)
+
+REQUIRED_SETTINGS = ("winrm", "testsigning", "kernel-debug-serial", "debug-print-filter", "crash-dump")
+KEY_ENTER = 28  # Linux keycode: "Press any key to boot from CD or DVD"
+
+
+class ImageBuildError(HarnessError):
+    """The installation failed or did not finish in time."""
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """One image build."""
+
+    iso: Path
+    out: Path
+    options: ImageOptions
+    password: Secret
+    uri: str = "qemu:///system"
+    disk_size: str = "64G"
+    memory_mib: int = 4096
+    vcpus: int = 2
+    timeout: float = 3 * 3600.0
+    work_dir: Path = Path("build/image")
+    ovmf_code: Path = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+    ovmf_vars: Path = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+    # The Linux stand-in guest boots directly instead of the installer (tests of this flow).
+    kernel: tuple[Path, Path, str] | None = None
+
+
+@dataclass
+class Manifest:
+    """What the image is and what was applied to it."""
+
+    image: str
+    sha256: str
+    size: int
+    edition: str
+    locale: str
+    windows_build: str
+    settings: list[str]
+    created: str
+    progress: list[str] = field(default_factory=list)
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(self.__dict__, indent=2) + "\n", encoding="utf-8")
+
+
+def manifest_path(image: Path) -> Path:
+    return image.with_name(image.name + ".manifest.json")
+
+
+def check_manifest(image: Path) -> Manifest | None:
+    """The image's manifest after checking it still describes the file (None when there is none).
+
+    Raises:
+        ConfigError: the image changed since it was built, or lacks a setting the harness needs.
+    """
+    path = manifest_path(image)
+    if not path.is_file():
+        return None
+    try:
+        manifest = Manifest(**json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"{path}: not a valid image manifest ({error})") from None
+    if manifest.size != image.stat().st_size:
+        raise ConfigError(f"{image} changed since it was built ({path} says {manifest.size} bytes): rebuild it or remove the manifest")
+    missing = [setting for setting in REQUIRED_SETTINGS if setting not in manifest.settings]
+    if missing:
+        raise ConfigError(f"{image} was built without {', '.join(missing)} (see {path}): rebuild it")
+    return manifest
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build_image(request: BuildRequest, progress: Callable[[str], None] = print) -> Manifest:
+    """Install Windows unattended into ``request.out`` and write its manifest.
+
+    Raises:
+        ConfigError: missing ISO, existing output, missing firmware.
+        ImageBuildError: the installation failed or timed out.
+        GuestError: libvirt or QEMU failed.
+    """
+    if not request.iso.is_file():
+        raise ConfigError(f"installer ISO {request.iso} not found (pass --iso with a Windows ISO of your own)")
+    if request.out.exists():
+        raise ConfigError(f"{request.out} already exists: remove it first (images are never overwritten)")
+    if not request.ovmf_code.is_file():
+        raise ConfigError(f"UEFI firmware {request.ovmf_code} not found: apt-get install ovmf")
+    work = request.work_dir / new_name("kcbimage")
+    work.mkdir(parents=True, exist_ok=True)
+    answers = work / "answers.iso"
+    make_iso(
+        {
+            "autounattend.xml": autounattend_xml(request.options, request.password.reveal()).encode(),
+            FIRST_LOGON: first_logon_script(request.options).encode(),
+        },
+        answers,
+    )
+    request.out.parent.mkdir(parents=True, exist_ok=True)
+    created = subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", str(request.out), request.disk_size], capture_output=True, text=True, check=False
+    )
+    if created.returncode != 0:
+        answers.unlink(missing_ok=True)
+        raise GuestError(f"qemu-img could not create {request.out}: {created.stderr.strip()}")
+    run = work / "run"
+    spec = DomainSpec(
+        name=work.name, memory_mib=request.memory_mib, vcpus=request.vcpus, disk=request.out,
+        domain_type="kvm" if detect_accel() == "kvm" else "qemu", firmware="uefi", ovmf_code=request.ovmf_code, nvram=request.ovmf_vars,
+        com2=run / "com2.sock", com2_log=run / "com2.log", panic="none", hyperv=False, cdroms=(request.iso, answers),
+        tpm=request.options.windows11, owner_pid=os.getpid(),
+    )  # fmt: skip
+    if request.kernel is not None:
+        kernel, initrd, cmdline = request.kernel
+        spec = replace(spec, kernel=kernel, initrd=initrd, cmdline=cmdline)
+    vm = VirtualMachine(request.uri, spec, request.out, run)
+    timeline = Timeline()
+    lines: list[str] = []
+
+    def on_event(event: Event) -> None:
+        # The port may carry other text (firmware, a kernel console): take what follows the prefix.
+        if isinstance(event, LogLine) and PROGRESS_PREFIX in event.text:
+            lines.append(event.text.split(PROGRESS_PREFIX, 1)[1].strip())
+            progress(f"[{timeline.now():7.0f}s] {lines[-1]}")
+
+    timeline.add_listener(on_event)
+    try:
+        vm.connect()
+        vm.boot(overlay=False)
+        assert spec.com2 is not None
+        with TextSerialReader(Endpoint.parse(f"unix:{spec.com2}"), timeline, work / "com2-progress.log"):
+            _press_enter(vm, seconds=30)
+            if not _wait_power_off(vm, request.timeout):
+                shot = _screenshot(vm, work / "timeout.ppm")
+                raise ImageBuildError(
+                    f"the installation did not finish within {request.timeout:g}s; last progress: {lines[-1] if lines else '(none)'}"
+                    + (f"; screenshot: {shot}" if shot else "")
+                )
+        if "done" not in lines:
+            raise ImageBuildError(
+                f"Windows powered off before the first-logon script finished; last progress: {lines[-1] if lines else '(none)'}"
+            )
+    except BaseException:
+        vm.close()
+        request.out.unlink(missing_ok=True)
+        raise
+    finally:
+        answers.unlink(missing_ok=True)  # it holds the password
+    vm.close()
+    build = next((line.split(" ", 1)[1] for line in lines if line.startswith("build ")), "unknown")
+    settings = ["winrm", "testsigning", "kernel-debug-serial", "debug-print-filter", "crash-dump", "updates-off"]
+    settings += ["openssh"] if request.options.ssh else []
+    settings += ["test-certificate"] if request.options.certificate is not None else []
+    manifest = Manifest(
+        image=request.out.name, sha256=_sha256(request.out), size=request.out.stat().st_size, edition=request.options.edition,
+        locale=request.options.locale, windows_build=build, settings=settings, created=datetime.now(UTC).isoformat(timespec="seconds"),
+        progress=lines,
+    )  # fmt: skip
+    manifest.write(manifest_path(request.out))
+    return manifest
+
+
+def _press_enter(vm: VirtualMachine, seconds: float) -> None:
+    """Answer "Press any key to boot from CD or DVD" (UEFI asks once, for a few seconds)."""
+    libvirt = _libvirt()
+    dom: Any = vm.conn.lookupByName(vm.spec.name)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and vm.state() == "running":
+        try:
+            dom.sendKey(libvirt.VIR_KEYCODE_SET_LINUX, 50, [KEY_ENTER], 1, 0)
+        except libvirt.libvirtError:
+            return
+        time.sleep(1.0)
+
+
+def _wait_power_off(vm: VirtualMachine, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(event.event in ("stopped", "shutdown") for event in vm.events) or vm.state() in ("shutoff", "gone"):
+            return True
+        time.sleep(1.0)
+    return False
+
+
+def _screenshot(vm: VirtualMachine, path: Path) -> Path | None:
+    libvirt = _libvirt()
+    try:
+        dom = vm.conn.lookupByName(vm.spec.name)
+        stream = vm.conn.newStream(0)
+        dom.screenshot(stream, 0, 0)
+        with open(path, "wb") as handle:
+            stream.recvAll(lambda _stream, data, out: out.write(data), handle)
+        stream.finish()
+        return path
+    except libvirt.libvirtError:
+        return None

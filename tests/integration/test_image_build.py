@@ -1,0 +1,80 @@
+"""The image-build flow for real, as far as it goes without Windows: libvirtd + QEMU run the stand-in
+guest in the installer's place, with the installer ISO, the answer ISO and a TPM attached; it reports
+progress on COM2 like the first-logon script and powers off; the manifest is written and checked."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness.errors import ConfigError
+from harness.guests.libvirt_vm.standin import standin_files
+from harness.image.answer import ImageOptions
+from harness.image.build import BuildRequest, ImageBuildError, build_image, check_manifest, manifest_path
+from harness.image.iso import make_iso
+from harness.secrets import Secret
+from tests.integration.conftest import ROOT
+
+pytestmark = pytest.mark.libvirt
+
+
+@pytest.fixture
+def folder() -> Iterator[Path]:
+    path = ROOT / "build" / "test-vms" / f"image-{uuid.uuid4().hex[:8]}"
+    path.mkdir(parents=True)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def request(folder: Path, uri: str, mode: str, timeout: float) -> BuildRequest:
+    iso = folder / "fake-installer.iso"
+    make_iso({"README.TXT": b"not windows: the stand-in guest boots instead\n"}, iso, label="FAKE_INSTALLER")
+    kernel, initrd = standin_files()
+    return BuildRequest(
+        iso=iso, out=folder / "images" / "win11.qcow2", options=ImageOptions(edition="Windows 11 Pro"), password=Secret("Sup3r-secret"),
+        uri=uri, disk_size="64M", memory_mib=256, vcpus=1, timeout=timeout, work_dir=folder / "work",
+        kernel=(kernel, initrd, f"console=ttyS1 quiet kcb.mode={mode}"),
+    )  # fmt: skip
+
+
+def test_build_flow_writes_a_checked_manifest(libvirt_uri: str, folder: Path) -> None:
+    seen: list[str] = []
+    build = request(folder, libvirt_uri, "installer", timeout=180)
+    manifest = build_image(build, progress=seen.append)
+    assert manifest.windows_build == "0 (linux stand-in)"
+    assert manifest.progress == ["build 0 (linux stand-in)", "winrm enabled", "done"]
+    assert any("winrm enabled" in line for line in seen)
+    assert build.out.is_file() and check_manifest(build.out) == manifest
+    on_disk = json.loads(manifest_path(build.out).read_text())
+    assert on_disk["edition"] == "Windows 11 Pro" and len(on_disk["sha256"]) == 64
+    assert not list((folder / "work").rglob("answers.iso"))  # it held the password
+    assert "Sup3r-secret" not in manifest_path(build.out).read_text()
+
+
+def test_an_install_that_never_finishes_times_out_with_a_reason(libvirt_uri: str, folder: Path) -> None:
+    build = request(folder, libvirt_uri, "text", timeout=20)
+    with pytest.raises(ImageBuildError, match="did not finish within 20s; last progress: \\(none\\)"):
+        build_image(build, progress=lambda line: None)
+    assert not build.out.exists()
+
+
+def test_a_changed_image_fails_its_manifest_check(libvirt_uri: str, folder: Path) -> None:
+    build = build_image(request(folder, libvirt_uri, "installer", timeout=180), progress=lambda line: None)
+    image = folder / "images" / "win11.qcow2"
+    with open(image, "ab") as handle:
+        handle.write(b"\0" * 4096)
+    with pytest.raises(ConfigError, match="changed since it was built"):
+        check_manifest(image)
+    assert build.size != image.stat().st_size
+
+
+def test_missing_iso_is_a_config_error(folder: Path) -> None:
+    build = request(folder, "qemu:///system", "installer", timeout=10)
+    (folder / "fake-installer.iso").unlink()
+    with pytest.raises(ConfigError, match="installer ISO"):
+        build_image(build)
