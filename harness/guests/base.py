@@ -45,10 +45,14 @@ class Guest(ABC):
 
     #: The name users pick it by (``--guest``).
     name: str = ""
+    #: Whether scenarios with ``verifier:`` can run here (Driver Verifier is a Windows kernel feature).
+    supports_verifier: bool = False
 
     def __init__(self, timeline: Timeline, run_dir: Path) -> None:
         self.timeline = timeline
         self.run_dir = run_dir
+        #: Driver Verifier setting for this scenario ("standard", flags, or None), with the images it covers.
+        self.verifier: tuple[str | int, tuple[str, ...]] | None = None
 
     @property
     def raw_log(self) -> Path:

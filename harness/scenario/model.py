@@ -208,11 +208,28 @@ Step = Annotated[
 ]
 
 
+def _verifier_flags(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return int(value, 16) if value.lower().startswith("0x") else int(value)
+        except ValueError:
+            raise ValueError(f"expected Driver Verifier flags such as 0x209BB, got {value!r}") from None
+    return value
+
+
+class VerifierFlags(_Strict):
+    """Driver Verifier with explicit flags (``verifier.exe /flags``)."""
+
+    flags: Annotated[int, BeforeValidator(_verifier_flags), Field(gt=0, le=0xFFFFFFFF)]
+
+
 class Scenario(_Strict):
     """A load-order scenario: drivers, then steps run in order against one fresh guest."""
 
     name: str = Field(min_length=1)
     description: str = ""
+    #: Driver Verifier for the scenario's drivers (VM guest only): "standard" or {flags: 0x...}.
+    verifier: Literal["standard"] | VerifierFlags | None = None
     drivers: dict[LogicalName, DriverSpec] = Field(min_length=1)
     timeout: Duration = DEFAULT_SCENARIO_TIMEOUT
     step_timeout: Duration = DEFAULT_STEP_TIMEOUT

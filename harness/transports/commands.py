@@ -88,6 +88,13 @@ def write_chunk(path: str, chunk: bytes, first: bool) -> str:
     )
 
 
+def verifier_script(setting: str | int, images: tuple[str, ...]) -> str:
+    """Turn on Driver Verifier for ``images`` (takes effect after a reboot; verifier.exe exits 2 for "reboot needed")."""
+    names = " ".join(ps_literal(plain_name(image, "driver image")) for image in images)
+    mode = "'/standard'" if setting == "standard" else f"'/flags' '0x{int(setting):X}'"
+    return f"& verifier.exe {mode} '/driver' {names}\nif ($LASTEXITCODE -eq 2) {{ exit 0 }}\nexit $LASTEXITCODE"
+
+
 _SC_FAILED = re.compile(r"FAILED (\d+)")
 
 

@@ -83,6 +83,17 @@ def test_boot_capture_snapshot_and_revert(vm: VirtualMachine, tmp_path: Path) ->
             # The guest goes on from the snapshot; nothing the reader saw before the revert comes again.
             assert after == sorted(after) and after[0] > 3
             assert after[0] == after[-1] - len(after) + 1
+        # A second, named snapshot later on (as for a Driver Verifier configuration); both stay usable.
+        later = wait_ticks(timeline, len(timeline.lines()), 2)[-1]
+        vm.take_ready_snapshot("second")
+        for name, lowest in (("ready", 4), ("second", later + 1)):
+            mark = len(timeline.lines())
+            connections = reader.connections
+            vm.revert(paused=True, name=name)
+            assert reader.wait_connected(connections + 1, timeout=30)
+            vm.resume()
+            first = wait_ticks(timeline, mark, 1)[0]
+            assert lowest <= first <= (later if name == "ready" else later + 3), (name, first, later)
     # libvirt's <log append='on'> keeps everything, across QEMU restarts.
     record = vm.spec.com1_log.read_text(errors="replace")
     assert "kcb-standin: ready" in record and record.count("kcb-standin: tick 1\n") == 1

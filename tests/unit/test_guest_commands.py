@@ -100,3 +100,14 @@ def test_file_hash_and_posix_quote() -> None:
 )
 def test_sc_error(output: str, code: int, error: int | None) -> None:
     assert sc_error(output, code) == error
+
+
+def test_verifier_script() -> None:
+    from harness.transports.commands import verifier_script
+
+    assert verifier_script("standard", ("sysTest.sys", "sysRecv1.sys")) == (
+        "& verifier.exe '/standard' '/driver' 'sysTest.sys' 'sysRecv1.sys'\nif ($LASTEXITCODE -eq 2) { exit 0 }\nexit $LASTEXITCODE"
+    )
+    assert verifier_script(0x209BB, ("a.sys",)).startswith("& verifier.exe '/flags' '0x209BB' '/driver' 'a.sys'")
+    with pytest.raises(ValueError):
+        verifier_script("standard", ("a.sys; calc",))

@@ -154,3 +154,17 @@ def test_expect_no_looks_after_the_previous_step(tmp_path: Path, since: str, out
     text = SCENARIO + f"  - expect_no: {{line: '[sysTest] send.', for: 50ms, since: {since}}}\n"
     result, _ = run(tmp_path, succeed, text)
     assert result.outcome == outcome, result.message
+
+
+@pytest.mark.parametrize(("supported", "outcome"), [(False, "error"), (True, "passed")])
+def test_verifier_needs_a_guest_that_has_it(tmp_path: Path, supported: bool, outcome: str) -> None:
+    ScriptedGuest.supports_verifier = supported
+    try:
+        result, guests = run(tmp_path, succeed, SCENARIO.replace("timeout: 5s", "timeout: 5s\nverifier: {flags: 0x209BB}"))
+    finally:
+        ScriptedGuest.supports_verifier = False
+    assert result.outcome == outcome, result.message
+    if supported:
+        assert guests[0].verifier == (0x209BB, ("sysTest.sys",))
+    else:
+        assert "needs the Windows VM guest" in result.message and not guests[0].started

@@ -133,3 +133,15 @@ def test_shipped_scenarios_are_valid() -> None:
     assert len(files) >= 6
     for path in files:
         load_scenario(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"), [("standard", True), ("{flags: 0x209BB}", True), ("{flags: 12}", True), ("full", False), ("{flags: zz}", False)]
+)
+def test_verifier_key(tmp_path: Path, text: str, ok: bool) -> None:
+    path = write(tmp_path, GOOD.replace("timeout: 30s", f"timeout: 30s\nverifier: {text}"))
+    if ok:
+        assert load_scenario(path).scenario.verifier is not None
+    else:
+        with pytest.raises(ScenarioError, match=r"case\.yaml:6: verifier"):
+            load_scenario(path)

@@ -12,6 +12,8 @@ Windows-only parts need a real image: they run in the ``windows_vm`` tests.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -29,7 +31,7 @@ from harness.kd.serial import Endpoint, KdSerialReader, SerialReader, TextSerial
 from harness.kernel.events import GuestCrash
 from harness.timeline import Timeline
 from harness.transports.base import Transport, TransportError
-from harness.transports.commands import create_service, powershell, sc_error, sc_script, set_parameters
+from harness.transports.commands import create_service, powershell, sc_error, sc_script, set_parameters, verifier_script
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +147,30 @@ class VmSession:
         self.vm.take_ready_snapshot()
         self.prepared = True
 
+    def prepare_verifier(self, name: str, setting: str | int, images: tuple[str, ...]) -> None:
+        """A running snapshot ``name`` with Driver Verifier on for ``images``: set, reboot, wait, freeze.
+
+        Raises:
+            GuestError: verifier.exe refused, or the guest did not come back.
+        """
+        timeout = self.config.vm.ready_timeout
+        self.vm.revert(paused=False)
+        with self.connect_transport(timeout) as transport:
+            result = transport.run(powershell(verifier_script(setting, images)), 120)
+            if not result.ok:
+                raise GuestError(f"verifier.exe failed ({result.exit_code}): {(result.stdout + result.stderr).strip()[:300]}")
+            with contextlib.suppress(TransportError):  # the connection may go down with the guest
+                transport.run(powershell("Restart-Computer -Force"), 60)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # until the old instance stops answering
+            try:
+                self._transport().close()
+            except TransportError:
+                break
+            time.sleep(5)
+        self.connect_transport(timeout).close()
+        self.vm.take_ready_snapshot(name)
+
     def close(self) -> None:
         self.vm.close()
 
@@ -153,6 +179,7 @@ class LibvirtGuest(Guest):
     """One scenario on the reverted VM."""
 
     name = "libvirt"
+    supports_verifier = True
 
     def __init__(self, timeline: Timeline, run_dir: Path, session: VmSession) -> None:
         super().__init__(timeline, run_dir)
@@ -175,7 +202,7 @@ class LibvirtGuest(Guest):
         vm = self.session.vm
         self.session.prepare()
         vm.listeners.append(self._on_lifecycle)
-        vm.revert(paused=True)
+        vm.revert(paused=True, name=self._snapshot_name())
         spec = vm.spec
         assert spec.com1 is not None
         kd = KdSerialReader(Endpoint.parse(f"unix:{spec.com1}"), self.timeline, self.raw_log)
@@ -188,6 +215,16 @@ class LibvirtGuest(Guest):
                 raise GuestError(f"could not attach to the VM's serial port {reader.endpoint.address}")
         vm.resume()
         self.transport = self.session.connect_transport(self.session.config.transport.timeout * 3)
+
+    def _snapshot_name(self) -> str:
+        """The running snapshot for this scenario: "ready", or one per Driver Verifier configuration."""
+        if self.verifier is None:
+            return "ready"
+        setting, images = self.verifier
+        name = "verifier-" + hashlib.sha256(repr((setting, sorted(images))).encode()).hexdigest()[:12]
+        if not self.session.vm.has_snapshot(name):
+            self.session.prepare_verifier(name, setting, images)
+        return name
 
     def stop(self) -> None:
         if self.transport is not None:

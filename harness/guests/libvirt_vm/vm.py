@@ -156,9 +156,6 @@ class VirtualMachine:
         self._dom: Any = None
         self._callback_id: int | None = None
         self._generation = 0
-        self._state_file = work_dir / "ready.state"
-        self._ready_disk = work_dir / "ready.qcow2"
-        self._ready_nvram = work_dir / "ready-vars.fd"
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -205,44 +202,56 @@ class VirtualMachine:
         except libvirt.libvirtError as error:
             raise GuestError(f"libvirt could not start {self.spec.name}: {error.get_error_message()}") from None
 
-    def take_ready_snapshot(self) -> None:
-        """Freeze the running guest as the state every scenario starts from, then carry on from it.
+    def _snapshot(self, name: str) -> tuple[Path, Path, Path]:
+        """(saved state, frozen disk, NVRAM copy) of the running snapshot ``name``."""
+        if not re.fullmatch(r"[a-z0-9-]{1,40}", name):
+            raise ValueError(f"snapshot name {name!r}")
+        return self.work_dir / f"{name}.state", self.work_dir / f"{name}.qcow2", self.work_dir / f"{name}-vars.fd"
+
+    def has_snapshot(self, name: str = "ready") -> bool:
+        return self._snapshot(name)[0].is_file()
+
+    def take_ready_snapshot(self, name: str = "ready") -> None:
+        """Freeze the running guest as a state scenarios start from (``name``), then carry on from it.
 
         Raises:
             GuestError: libvirt could not save the domain.
         """
         libvirt = _libvirt()
-        for stale in (self._state_file, self._ready_disk, self._ready_nvram):
+        state, frozen, vars_copy = self._snapshot(name)
+        for stale in (state, frozen, vars_copy):
             stale.unlink(missing_ok=True)
         try:
-            self._dom.save(str(self._state_file))  # the domain stops here
+            self._dom.save(str(state))  # the domain stops here
         except libvirt.libvirtError as error:
             raise GuestError(f"could not save {self.spec.name}: {error.get_error_message()}") from None
-        self.spec.disk.rename(self._ready_disk)
+        self.spec.disk.rename(frozen)  # becomes the read-only base of every revert to it
         if self.spec.nvram is not None:
-            shutil.copyfile(self.spec.nvram, self._ready_nvram)
-        self.revert(paused=False)
+            shutil.copyfile(self.spec.nvram, vars_copy)
+        self.revert(paused=False, name=name)
 
-    def revert(self, paused: bool = True) -> None:
-        """Back to the ready state, on a fresh overlay. With ``paused``, call ``resume()`` once readers are attached.
+    def revert(self, paused: bool = True, name: str = "ready") -> None:
+        """Back to the running snapshot ``name``, on a fresh overlay. With ``paused``, call ``resume()`` once readers are attached.
 
         Raises:
-            GuestError: no snapshot yet, or libvirt could not restore it.
+            GuestError: no such snapshot, or libvirt could not restore it.
         """
         libvirt = _libvirt()
-        if not self._state_file.is_file():
-            raise GuestError("no running snapshot to revert to")
+        state, frozen, vars_copy = self._snapshot(name)
+        if not state.is_file():
+            raise GuestError(f"no running snapshot {name!r} to revert to")
         self.destroy_domain()
-        disk = self._next_overlay(self._ready_disk)
+        disk = self._next_overlay(frozen)
         nvram = None
         if self.spec.nvram is not None:
             nvram = self.work_dir / f"vars-{self._generation}.fd"
-            shutil.copyfile(self._ready_nvram, nvram)
-        saved = self.conn.saveImageGetXMLDesc(str(self._state_file), 0)
+            shutil.copyfile(vars_copy, nvram)
+            (self.work_dir / f"vars-{self._generation - 1}.fd").unlink(missing_ok=True)
+        saved = self.conn.saveImageGetXMLDesc(str(state), 0)
         xml = retarget_saved_xml(saved, disk, nvram)
         flags = libvirt.VIR_DOMAIN_SAVE_PAUSED if paused else 0
         try:
-            self.conn.restoreFlags(str(self._state_file), xml, flags)
+            self.conn.restoreFlags(str(state), xml, flags)
         except libvirt.libvirtError as error:
             raise GuestError(f"could not restore {self.spec.name}: {error.get_error_message()}") from None
         self._dom = self.conn.lookupByName(self.spec.name)
@@ -306,9 +315,7 @@ class VirtualMachine:
         self._generation += 1
         target = self.work_dir / f"disk-{self._generation}.qcow2"
         overlay(base, target)
-        old = self.work_dir / f"disk-{self._generation - 1}.qcow2"
-        if self._generation > 1 and old != self._ready_disk:
-            old.unlink(missing_ok=True)
+        (self.work_dir / f"disk-{self._generation - 1}.qcow2").unlink(missing_ok=True)
         return target
 
     def _fresh_nvram(self) -> Path | None:
