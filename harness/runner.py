@@ -235,7 +235,8 @@ def run_scenario(
     if scenario.verifier is not None:
         if not guest.supports_verifier:
             result.outcome = "error"
-            result.message = f"Driver Verifier (verifier:) needs the Windows VM guest (--guest libvirt); the {guest.name} guest has no such kernel feature"
+            result.message = "Driver Verifier (verifier:) needs the Windows VM guest (--guest libvirt)"
+            result.message += f"; the {guest.name} guest has no such kernel feature"
             return result
         setting: str | int = scenario.verifier if isinstance(scenario.verifier, str) else scenario.verifier.flags
         guest.verifier = (setting, tuple(f"{spec.service}.sys" for spec in scenario.drivers.values()))
