@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import socket
-import statistics
 import sys
 import tempfile
 import threading
@@ -20,6 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from stats import latency_summary  # noqa: E402
 
 from harness.kd import packets as kd  # noqa: E402
 from harness.kd.emulator import KdTarget  # noqa: E402
@@ -95,12 +96,7 @@ def main() -> int:
     rate, size = throughput(args.packets, rounds=5)
     ratio = rate / LINE_RATE
     print(f"KD decoder: {rate / 1e6:.1f} MB/s over {size / 1e6:.1f} MB of DbgPrint packets = {ratio:.0f}x the 115200-baud line rate")
-    delays = sorted(latency(args.samples))
-    p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
-    print(
-        f"KD DbgPrint packet -> timeline line (unix socket, in process): median {statistics.median(delays) * 1000:.2f} ms, "
-        f"p99 {p99 * 1000:.2f} ms, max {delays[-1] * 1000:.2f} ms (n={len(delays)})"
-    )
+    print(f"KD DbgPrint packet -> timeline line (unix socket, in process): {latency_summary(latency(args.samples))}")
     return 0
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from stats import latency_summary  # noqa: E402
+
 from harness.config import Settings  # noqa: E402
 from harness.expect.engine import check_presence  # noqa: E402
 from harness.guests import guest_factory  # noqa: E402
@@ -109,13 +111,9 @@ def main() -> int:
             f"guest start+teardown: median {statistics.median(overhead):.3f} s "
             f"(min {min(overhead):.3f}, max {max(overhead):.3f}, n={len(overhead)})"
         )
-        latency = sorted(dbgprint_to_match(prefix, settings, out, args.samples))
+        latency = dbgprint_to_match(prefix, settings, out, args.samples)
         if latency:
-            p99 = latency[min(len(latency) - 1, int(len(latency) * 0.99))]
-            print(
-                f"DbgPrint -> expectation match: median {statistics.median(latency) * 1000:.1f} ms, "
-                f"p99 {p99 * 1000:.1f} ms, max {latency[-1] * 1000:.1f} ms (n={len(latency)}, guest clock 1 ms resolution)"
-            )
+            print(f"DbgPrint -> expectation match: {latency_summary(latency, digits=1)}, guest clock 1 ms resolution")
     return 0
 
 

@@ -24,22 +24,25 @@ from harness.scenario.loader import LoadedScenario, discover, load_scenario
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
+def _guest_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--guest", default="wine", choices=GUESTS, help="where the drivers run (default: wine, the embedded guest)")
+    parser.add_argument("--config", type=Path, help="configuration of the libvirt guest (default: harness.yaml)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m harness", description="Windows kernel-driver integration test harness.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run scenarios and write reports")
     run.add_argument("paths", nargs="*", type=Path, help="scenario files or folders (default: scenarios/)")
-    run.add_argument("--guest", default="wine", choices=GUESTS, help="where the drivers run (default: wine, the embedded guest)")
+    _guest_options(run)
     run.add_argument("--out", type=Path, help="report folder (default: build/reports)")
     run.add_argument("--drivers", type=Path, help="folder of built driver images (default: build/drivers)")
-    run.add_argument("--config", type=Path, help="configuration of the libvirt guest (default: harness.yaml)")
     run.add_argument("-v", "--verbose", action="store_true", help="show every step")
     compare = commands.add_parser("compare", help="run two driver builds on the same scenarios and report what changed")
     compare.add_argument("paths", nargs="*", type=Path, help="scenario files or folders (default: scenarios/)")
     compare.add_argument("--baseline", type=Path, required=True, help="folder of the baseline build's driver images")
     compare.add_argument("--candidate", type=Path, required=True, help="folder of the candidate build's driver images")
-    compare.add_argument("--guest", default="wine", choices=GUESTS, help="where the drivers run (default: wine)")
-    compare.add_argument("--config", type=Path, help="configuration of the libvirt guest (default: harness.yaml)")
+    _guest_options(compare)
     compare.add_argument("--out", type=Path, help="report folder (default: build/compare)")
     image = commands.add_parser("image", help="the Windows golden image")
     image_commands = image.add_subparsers(dest="image_command", required=True)
