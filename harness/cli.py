@@ -57,11 +57,13 @@ def _parser() -> argparse.ArgumentParser:
             "The Administrator password comes from an environment variable, never from the command line."
         ),
     )
-    build.add_argument("--iso", type=Path, required=True, help="the Windows installation ISO (yours; it cannot be shipped)")
+    build.add_argument("--iso", type=Path, help="the Windows installation ISO (yours; it cannot be shipped); required")
     build.add_argument(
-        "--edition", required=True, help="image name in install.wim, e.g. 'Windows 10 Pro' or 'Windows Server 2022 SERVERSTANDARD'"
+        "--edition", default="Windows 10 Pro", help="image name in install.wim (default 'Windows 10 Pro'; e.g. 'Windows 11 Pro')"
     )
-    build.add_argument("--out", type=Path, required=True, help="the qcow2 image to create, e.g. vm-images/win10.qcow2")
+    build.add_argument(
+        "--out", type=Path, default=Path("vm-images/win10.qcow2"), help="the qcow2 image to create (default vm-images/win10.qcow2)"
+    )
     build.add_argument("--password-env", default="KCB_GUEST_PASSWORD", help="environment variable holding the Administrator password")
     build.add_argument("--locale", default="en-US", help="UI, input and user locale (default en-US)")
     build.add_argument("--timezone", default="UTC", help="Windows time zone name (default UTC)")
@@ -127,6 +129,8 @@ def image_build_command(args: argparse.Namespace) -> int:
     from harness.image.build import BuildRequest, build_image
     from harness.secrets import load_secret
 
+    if args.iso is None:
+        raise ConfigError("no installer ISO: pass --iso with a Windows ISO of your own (it cannot be shipped); see vm-images/README.md")
     if not args.iso.is_file():
         raise ConfigError(f"installer ISO {args.iso} not found (pass --iso with a Windows ISO of your own)")
     try:

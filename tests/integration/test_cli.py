@@ -145,3 +145,15 @@ def test_compare_names_the_scenarios_a_seeded_bug_breaks(tmp_path: Path) -> None
     assert "1 regressed, 0 fixed, 2 compared" in out
     assert (tmp_path / "compare.txt").read_text() in out
     assert (tmp_path / "candidate" / "junit.xml").is_file()
+
+
+def test_image_build_help_and_missing_iso() -> None:
+    process = harness("image", "build", "--help")
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 0
+    for option in ("--iso", "--edition", "--out", "--password-env", "--locale", "--timezone", "--product-key", "--ssh", "--certificate",
+                   "--disk-size", "--memory-mib", "--vcpus", "--timeout", "--uri"):  # fmt: skip
+        assert option in out, option
+    process = harness("image", "build")
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 2 and err.count("\n") == 1 and "no installer ISO" in err and "Traceback" not in err

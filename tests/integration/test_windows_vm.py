@@ -31,3 +31,17 @@ def test_seed_scenarios_pass_on_windows(tmp_path: Path) -> None:
     suite = ET.parse(tmp_path / "junit.xml").getroot().find("testsuite")
     assert suite is not None and int(suite.get("tests", "0")) >= 6 and suite.get("failures") == "0"
     assert "get notify" in (tmp_path / "junit.xml").read_text()
+
+
+@pytest.mark.skipif(
+    not os.environ.get("KCB_WINDOWS_ISO"), reason="set KCB_WINDOWS_ISO (and KCB_WINDOWS_EDITION) to build an image for real"
+)
+def test_image_build_for_real(tmp_path: Path) -> None:
+    out = tmp_path / "golden.qcow2"
+    process = subprocess.run(
+        [sys.executable, "-m", "harness", "image", "build", "--iso", os.environ["KCB_WINDOWS_ISO"],
+         "--edition", os.environ.get("KCB_WINDOWS_EDITION", "Windows 10 Pro"), "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=4 * 3600, check=False,
+    )  # fmt: skip
+    assert process.returncode == 0, process.stdout + process.stderr
+    assert (tmp_path / "golden.qcow2.manifest.json").is_file()
