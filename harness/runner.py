@@ -19,7 +19,7 @@ from harness.errors import GuestError, GuestHung
 from harness.expect.engine import Verdict, check_absence, check_order, check_presence, nearby
 from harness.guests import GuestFactory
 from harness.guests.base import DriverInstall, Guest
-from harness.kernel.events import Action, Event, GuestCrash, LogLine
+from harness.kernel.events import Action, Event, GuestCrash, GuestHang, LogLine
 from harness.ntstatus import status_name
 from harness.scenario.loader import LoadedScenario
 from harness.scenario.model import (
@@ -120,6 +120,19 @@ class ScenarioRun:
         crashes = self.timeline.of_type(GuestCrash)
         return crashes[0] if crashes else None
 
+    def hang(self) -> GuestHang | None:
+        hangs = self.timeline.of_type(GuestHang)
+        return hangs[0] if hangs else None
+
+    def check_alive(self) -> None:
+        """Raises _StepFailed when the guest crashed or a watchdog declared it hung."""
+        crash = self.crash()
+        if crash is not None:
+            raise _StepFailed("crashed", f"the guest crashed: {crash.summary}")
+        hang = self.hang()
+        if hang is not None:
+            raise _StepFailed("hung", f"the guest hung: {hang.summary}")
+
     def remaining(self) -> float:
         return self.deadline - self.timeline.now()
 
@@ -150,7 +163,8 @@ class ScenarioRun:
         until = self.timeline.now() + step.wait
         if until > self.deadline:
             raise _StepFailed("hung", f"waiting {format_duration(step.wait)} would pass the scenario's timeout")
-        self.timeline.wait_for(lambda events: self.crash(), until)
+        self.timeline.wait_for(lambda events: self.crash() or self.hang(), until)
+        self.check_alive()
         return f"waited {format_duration(step.wait)}"
 
     def _control(self, step: LoadStep | UnloadStep) -> str:
@@ -162,9 +176,10 @@ class ScenarioRun:
             outcome = self.guest.load(spec.service, timeout) if verb == "load" else self.guest.unload(spec.service, timeout)
         except GuestHung as error:
             raise _StepFailed("hung", f"{verb} {name}: {error}") from None
-        crash = self.crash()
-        if crash is not None:
-            raise _StepFailed("crashed", f"{verb} {name}: the guest crashed: {crash.summary}")
+        try:
+            self.check_alive()
+        except _StepFailed as failure:
+            raise _StepFailed(failure.state, f"{verb} {name}: {failure.message}") from None
         if outcome.status is None:
             if outcome.ok and step.expect_status == 0:
                 return f"{verb} {name}: ok ({outcome.detail})"
@@ -187,15 +202,13 @@ class ScenarioRun:
             return check_order(step.expect_order, lines, start, now, deadline)
 
         def decided(events: list[Event]) -> Verdict | None:
-            if any(isinstance(event, GuestCrash) for event in events):
-                return Verdict("fail", "crash")
+            if any(isinstance(event, GuestCrash | GuestHang) for event in events):
+                return Verdict("fail", "crash or hang")
             verdict = check(self.timeline.now())
             return verdict if verdict.decided else None
 
         verdict = self.timeline.wait_for(decided, deadline) or check(max(self.timeline.now(), deadline))
-        crash = self.crash()
-        if crash is not None:
-            raise _StepFailed("crashed", f"the guest crashed: {crash.summary}")
+        self.check_alive()
         if verdict.state == "pass":
             return verdict.message
         if deadline >= self.deadline and self.timeline.now() >= self.deadline:
@@ -248,10 +261,12 @@ def run_scenario(
                 guest.install(DriverInstall(service=spec.service, image=images[name], parameters=spec.parameters), scenario.step_timeout)
             run.origin = timeline.now()
             _run_steps(run, result, progress)
-            if result.outcome == "passed" and run.crash() is not None:
-                crash = run.crash()
-                assert crash is not None
-                result.outcome, result.message = "crashed", f"the guest crashed after the last step: {crash.summary}"
+            if result.outcome == "passed":
+                try:
+                    run.check_alive()
+                except _StepFailed as failure:
+                    result.outcome = "crashed" if failure.state == "crashed" else "hung"
+                    result.message = f"after the last step: {failure.message}"
     except GuestHung as error:
         result.outcome, result.message = "hung", str(error)
     except GuestError as error:

@@ -84,6 +84,7 @@ class SerialReader(ABC):
         self.raw_path = raw_path
         self.reconnect = reconnect
         self.connections = 0
+        self.last_activity = time.monotonic()  # when the last byte arrived (watchdogs read it)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
@@ -141,6 +142,7 @@ class SerialReader(ABC):
         self.stop()
 
     def _record(self, data: bytes) -> None:
+        self.last_activity = time.monotonic()
         if self._raw is not None:
             self._raw.write(data)  # before decoding
 

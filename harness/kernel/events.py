@@ -39,6 +39,14 @@ class GuestCrash:
 
 
 @dataclass(frozen=True)
+class GuestHang:
+    """The guest stopped making progress (a watchdog saw no output and no CPU time)."""
+
+    t: float
+    summary: str
+
+
+@dataclass(frozen=True)
 class DebugEvent:
     """Something the kernel debugger saw besides a log line: a stop, a module load, a link notice."""
 
@@ -59,4 +67,4 @@ class Action:
     ok: bool = True
 
 
-Event = LogLine | DriverStatus | GuestCrash | DebugEvent | Action
+Event = LogLine | DriverStatus | GuestCrash | GuestHang | DebugEvent | Action

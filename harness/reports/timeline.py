@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.kernel.events import Action, DebugEvent, DriverStatus, Event, GuestCrash, LogLine
+from harness.kernel.events import Action, DebugEvent, DriverStatus, Event, GuestCrash, GuestHang, LogLine
 from harness.ntstatus import status_name
 from harness.runner import ScenarioResult
 
@@ -17,6 +17,8 @@ def event_row(event: Event) -> tuple[float, str, str]:
         detail = f" code {status_name(event.code)}" if event.code is not None else ""
         params = f" params ({', '.join(f'0x{p:x}' for p in event.parameters)})" if event.parameters else ""
         return event.t, "crash", f"{event.summary}{detail}{params}"
+    if isinstance(event, GuestHang):
+        return event.t, "hang", event.summary
     if isinstance(event, DebugEvent):
         return event.t, "kd", event.summary
     assert isinstance(event, Action)

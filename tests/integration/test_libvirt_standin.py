@@ -16,7 +16,7 @@ import libvirt
 import pytest
 
 from harness.guests.libvirt_vm.standin import standin_vm
-from harness.guests.libvirt_vm.vm import VirtualMachine, remove_stale
+from harness.guests.libvirt_vm.vm import VirtualMachine, Watchdog, remove_stale
 from harness.kd.serial import Endpoint, TextSerialReader
 from harness.timeline import Timeline
 from tests.integration.conftest import ROOT
@@ -143,3 +143,22 @@ def test_a_killed_harness_leaves_a_vm_that_the_next_run_removes(libvirt_uri: str
     assert name in removed
     assert name not in domain_names(libvirt_uri)
     assert not (work / "run").exists() and not (vm_dir / "killed-golden.qcow2").exists()
+
+
+def test_watchdog_sees_a_stopped_vm_but_not_a_busy_one(vm: VirtualMachine, tmp_path: Path) -> None:
+    vm.boot()
+    timeline = Timeline()
+    assert vm.spec.com1 is not None
+    hangs: list[str] = []
+    with TextSerialReader(Endpoint.parse(f"unix:{vm.spec.com1}"), timeline, tmp_path / "com1.log") as reader:
+        wait_ticks(timeline, 0, 2)
+        watchdog = Watchdog(vm, lambda: reader.last_activity, 2.0, hangs.append)
+        watchdog.start()
+        time.sleep(4)  # the guest prints every 0.2 s: no hang
+        assert hangs == []
+        vm.conn.lookupByName(vm.spec.name).suspend()  # silent, and no CPU time
+        deadline = time.monotonic() + 20
+        while not hangs and time.monotonic() < deadline:
+            time.sleep(0.2)
+        watchdog.stop()
+    assert hangs and "did not advance (state paused)" in hangs[0]

@@ -168,3 +168,15 @@ def test_verifier_needs_a_guest_that_has_it(tmp_path: Path, supported: bool, out
         assert guests[0].verifier == (0x209BB, ("sysTest.sys",))
     else:
         assert "needs the Windows VM guest" in result.message and not guests[0].started
+
+
+def test_a_watchdog_hang_is_reported_as_hung(tmp_path: Path) -> None:
+    from harness.kernel.events import GuestHang
+
+    def hang_after_load(guest: ScriptedGuest, action: str, service: str) -> ControlResult:
+        outcome = succeed(guest, action, service)
+        guest.timeline.append(GuestHang(t=guest.timeline.now(), summary="no output for 60s and no CPU time"))
+        return outcome
+
+    result, guests = run(tmp_path, hang_after_load)
+    assert result.outcome == "hung" and "no CPU time" in result.message and guests[0].stopped

@@ -39,8 +39,9 @@ class VmSettings(_Strict):
     text_serial: bool = True
     hyperv: bool = True
     ready_timeout: float = 900.0
+    watchdog: float = 300.0  # seconds of serial silence with no CPU progress before a scenario is "hung"
 
-    @field_validator("ready_timeout", mode="before")
+    @field_validator("ready_timeout", "watchdog", mode="before")
     @classmethod
     def _duration(cls, value: object) -> float:
         return parse_duration(value)

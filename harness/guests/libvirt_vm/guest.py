@@ -26,9 +26,9 @@ from harness.errors import ConfigError, GuestError, GuestHung
 from harness.guests.base import ControlResult, DriverInstall, Guest
 from harness.guests.libvirt_vm.config import HarnessConfig
 from harness.guests.libvirt_vm.domain_xml import DomainSpec, PortForward
-from harness.guests.libvirt_vm.vm import LifecycleEvent, VirtualMachine, detect_accel, new_name, parse_panic_log, remove_stale
+from harness.guests.libvirt_vm.vm import LifecycleEvent, VirtualMachine, Watchdog, detect_accel, new_name, parse_panic_log, remove_stale
 from harness.kd.serial import Endpoint, KdSerialReader, SerialReader, TextSerialReader
-from harness.kernel.events import GuestCrash
+from harness.kernel.events import GuestCrash, GuestHang
 from harness.timeline import Timeline
 from harness.transports.base import Transport, TransportError
 from harness.transports.commands import create_service, powershell, sc_error, sc_script, set_parameters, verifier_script
@@ -186,6 +186,7 @@ class LibvirtGuest(Guest):
         self.session = session
         self.readers: list[SerialReader] = []
         self.transport: Transport | None = None
+        self.watchdog: Watchdog | None = None
 
     @property
     def raw_log(self) -> Path:
@@ -214,6 +215,11 @@ class LibvirtGuest(Guest):
             if not reader.wait_connected(1, timeout=30):
                 raise GuestError(f"could not attach to the VM's serial port {reader.endpoint.address}")
         vm.resume()
+        self.watchdog = Watchdog(
+            vm, lambda: max(reader.last_activity for reader in self.readers), self.session.config.vm.watchdog,
+            lambda summary: self.timeline.append(GuestHang(self.timeline.now(), summary)),
+        )  # fmt: skip
+        self.watchdog.start()
         self.transport = self.session.connect_transport(self.session.config.transport.timeout * 3)
 
     def _snapshot_name(self) -> str:
@@ -227,6 +233,9 @@ class LibvirtGuest(Guest):
         return name
 
     def stop(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop()
+            self.watchdog = None
         if self.transport is not None:
             self.transport.close()
             self.transport = None

@@ -130,6 +130,47 @@ def overlay(base: Path, target: Path) -> None:
         raise GuestError(f"qemu-img could not create an overlay over {base}: {result.stderr.strip()}")
 
 
+class Watchdog:
+    """Declares the VM hung when its serial ports stay silent for ``silence`` seconds *and* its CPU time stands still.
+
+    Silence alone proves nothing (a guest may have nothing to print); a VM whose
+    vCPUs consume no time is paused, halted or wedged in the hypervisor.
+    """
+
+    def __init__(self, vm: VirtualMachine, last_output: Callable[[], float], silence: float, on_hang: Callable[[str], None]) -> None:
+        self.vm = vm
+        self.last_output = last_output
+        self.silence = silence
+        self.on_hang = on_hang
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="vm-watchdog")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _cpu_time(self) -> int | None:
+        libvirt = _libvirt()
+        try:
+            return int(self.vm.conn.lookupByName(self.vm.spec.name).info()[4])
+        except libvirt.libvirtError:
+            return None
+
+    def _run(self) -> None:
+        interval = min(1.0, self.silence / 4)
+        cpu = self._cpu_time()
+        while not self._stop.wait(interval):
+            silent_for = time.monotonic() - self.last_output()
+            now_cpu = self._cpu_time()
+            if silent_for >= self.silence and (now_cpu is None or now_cpu == cpu):
+                self.on_hang(f"no serial output for {silent_for:.0f}s and the VM's CPU time did not advance (state {self.vm.state()})")
+                return
+            cpu = now_cpu
+
+
 def _pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
