@@ -37,19 +37,7 @@ def wine_prefix(settings: Settings, wine_factory: GuestFactory) -> WinePrefix:
 
 def session_processes(prefix: WinePrefix) -> list[int]:
     """Pids of live processes that belong to the prefix's Wine session."""
-    wanted = f"WINEPREFIX={prefix.root}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if wanted in (entry / "environ").read_bytes().split(b"\0"):
-                state = (entry / "stat").read_text().split(") ", 1)[1][0]
-                if state != "Z":
-                    pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
+    return prefix.session_pids()
 
 
 @pytest.fixture

@@ -12,7 +12,9 @@ import hashlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +31,9 @@ GUEST_DIR = "C:\\kcb"
 
 _WINE_CANDIDATES = ("/usr/lib/wine/wine64", "/usr/bin/wine64", "/usr/lib/wine/wine")
 _AEDEBUG = r"HKLM\Software\Microsoft\Windows NT\CurrentVersion\AeDebug"
+#: Bump when ensure() changes what it does to a prefix, so existing prefixes get it again.
+RECIPE = 2
+NO_DEBUGGER = r"C:\kcb\no-debugger-on-purpose.exe %ld %ld"
 
 
 @dataclass(frozen=True)
@@ -145,15 +150,43 @@ class WinePrefix:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def session_pids(self) -> list[int]:
+        """Live processes of this prefix's Wine session (found by their WINEPREFIX)."""
+        wanted = f"WINEPREFIX={self.root}".encode()
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                if wanted in (entry / "environ").read_bytes().split(b"\0") and (entry / "stat").read_text().split(") ", 1)[1][0] != "Z":
+                    pids.append(int(entry.name))
+            except (OSError, IndexError):
+                continue
+        return pids
+
     def kill_session(self, timeout: float = 15.0) -> None:
-        """End the prefix's Wine session, if any (all its processes)."""
+        """End the prefix's Wine session, if any: every process of it, whatever Wine started on its own."""
         try:
-            subprocess.run([str(self.tools.wineserver), "-k"], env=self.env(), timeout=timeout, capture_output=True, check=False)
+            # No pipes: a process the session started could hold them open and block us.
+            subprocess.run([str(self.tools.wineserver), "-k"], env=self.env(), timeout=timeout, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)  # fmt: skip
         except subprocess.TimeoutExpired:
             log.warning("wineserver -k did not return within %ss", timeout)
+        for pid in self.session_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
-    def _run(self, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(self.tools.wine), *args], env=self.env(), timeout=timeout, capture_output=True, text=True, check=False)
+    def _run(self, args: list[str], timeout: float) -> tuple[int, str]:
+        """Run a Wine program to completion; (exit code, its output). Output goes through a file, not a pipe."""
+        with tempfile.TemporaryFile() as output:
+            try:
+                result = subprocess.run([str(self.tools.wine), *args], env=self.env(), timeout=timeout, stdin=subprocess.DEVNULL,
+                                        stdout=output, stderr=output, check=False)  # fmt: skip
+                code = result.returncode
+            except subprocess.TimeoutExpired:
+                code = -1
+            output.seek(0)
+            return code, output.read().decode("utf-8", "replace")
 
     def ensure(self) -> None:
         """Create the prefix and install the guest files, unless already done for these files.
@@ -162,7 +195,7 @@ class WinePrefix:
             GuestError: Wine failed to initialise the prefix.
         """
         stamp = self.root / ".kcb-stamp"
-        wanted = f"{self.tools.wine}\n{self.files.digest()}\n"
+        wanted = f"{self.tools.wine}\n{self.files.digest()}\nrecipe {RECIPE}\n"
         if stamp.is_file() and stamp.read_text() == wanted:
             return
         with self.lock():
@@ -172,11 +205,13 @@ class WinePrefix:
             if not (self.root / "system.reg").is_file():
                 log.info("creating Wine prefix %s (once, ~10 s)", self.root)
                 self.root.mkdir(parents=True, exist_ok=True)
-                result = self._run(["wineboot", "--init"], timeout=300)
+                _, output = self._run(["wineboot", "--init"], timeout=300)
+                self.kill_session()  # saves the registry
                 if not (self.root / "system.reg").is_file():
-                    raise GuestError(f"wineboot --init failed for {self.root}: {result.stderr.strip()[-500:]}")
-            # Without a debugger entry a crashing driver host just dies; with one, winedbg would hang the run.
-            self._run(["reg", "delete", _AEDEBUG, "/v", "Debugger", "/f"], timeout=60)
+                    raise GuestError(f"wineboot --init failed for {self.root}: {output.strip()[-500:]}")
+            # A crashing driver host must just die: with the value missing Wine falls back to winedbg,
+            # which can hang the run; a debugger that cannot start makes Wine give up at once.
+            self._run(["reg", "add", _AEDEBUG, "/v", "Debugger", "/t", "REG_SZ", "/d", NO_DEBUGGER, "/f"], timeout=60)
             self.kill_session()
             system32 = self.root / "drive_c" / "windows" / "system32"
             shutil.copyfile(self.files.ntoskrnl, system32 / "ntoskrnl.exe")
