@@ -53,8 +53,7 @@ def libvirt_uri() -> Iterator[str]:
     result = subprocess.run([str(ROOT / "scripts" / "start-libvirtd.sh")], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     yield "qemu:///system"
-    if "started" in result.stdout:
-        pid_file = Path("/run/libvirtd.pid")
-        if pid_file.is_file():
+    if "started" in result.stdout:  # leave no daemon behind that this session started
+        for pid_file in (Path("/run/libvirtd.pid"), Path("/run/virtlogd.pid")):
             with contextlib.suppress(OSError, ValueError):
                 os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
