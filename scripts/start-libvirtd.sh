@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes sure a libvirt daemon answers on qemu:///system (no systemd here: the project starts it).
-# Prints "started" when it started one, so a caller can stop it again (kill "$(cat /run/libvirtd.pid)").
+# Prints "started libvirtd" / "started virtlogd" for what it started, so a caller can stop them again.
 #
 # On machines whose CPU has no vmx/svm but where /dev/kvm exists (a nested PVM device: 64-bit guests
 # do not boot with it), libvirt re-probes QEMU on almost every call (seconds each) because its cached
@@ -13,7 +13,10 @@ if virsh -c qemu:///system version >/dev/null 2>&1; then
   exit 0
 fi
 mkdir -p /run/libvirt /var/log/libvirt/qemu
-pgrep -x virtlogd >/dev/null || virtlogd -d
+if ! pgrep -x virtlogd >/dev/null; then
+  virtlogd -d
+  echo "started virtlogd"
+fi
 
 if [ -e /dev/kvm ] && ! grep -qwE 'vmx|svm' /proc/cpuinfo; then
   state=/run/kcb-libvirt
@@ -29,7 +32,7 @@ else
 fi
 for _ in $(seq 1 100); do
   if virsh -c qemu:///system version >/dev/null 2>&1; then
-    echo started
+    echo "started libvirtd"
     exit 0
   fi
   sleep 0.2

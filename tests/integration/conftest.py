@@ -53,7 +53,7 @@ def libvirt_uri() -> Iterator[str]:
     result = subprocess.run([str(ROOT / "scripts" / "start-libvirtd.sh")], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     yield "qemu:///system"
-    if "started" in result.stdout:  # leave no daemon behind that this session started
-        for pid_file in (Path("/run/libvirtd.pid"), Path("/run/virtlogd.pid")):
+    for daemon in ("libvirtd", "virtlogd"):  # leave no daemon behind that the tests started
+        if f"started {daemon}" in result.stdout:
             with contextlib.suppress(OSError, ValueError):
-                os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+                os.kill(int(Path(f"/run/{daemon}.pid").read_text().strip()), signal.SIGTERM)
