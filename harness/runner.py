@@ -96,7 +96,7 @@ def describe_step(step: Step) -> tuple[str, str]:
         return "unload", f"unload {step.unload}"
     if isinstance(step, ExpectStep):
         spec = step.expect
-        return "expect", f"expect {spec.count.describe()} {spec.describe()} within {format_duration(spec.within)}"
+        return "expect", f"expect {spec.count.describe()} of {spec.describe()} within {format_duration(spec.within)}"
     if isinstance(step, ExpectNoStep):
         return "expect_no", f"expect no {step.expect_no.describe()} for {format_duration(step.expect_no.for_)}"
     if isinstance(step, ExpectOrderStep):
@@ -175,22 +175,19 @@ class ScenarioRun:
         try:
             outcome = self.guest.load(spec.service, timeout) if verb == "load" else self.guest.unload(spec.service, timeout)
         except GuestHung as error:
-            raise _StepFailed("hung", f"{verb} {name}: {error}") from None
-        try:
-            self.check_alive()
-        except _StepFailed as failure:
-            raise _StepFailed(failure.state, f"{verb} {name}: {failure.message}") from None
+            raise _StepFailed("hung", str(error)) from None
+        self.check_alive()
         if outcome.status is None:
             if outcome.ok and step.expect_status == 0:
-                return f"{verb} {name}: ok ({outcome.detail})"
+                return f"ok ({outcome.detail})"
             raise _StepFailed(
                 "failed",
-                f"{verb} {name}: expected {status_name(step.expect_status)}, but the guest reported no kernel status "
+                f"expected {status_name(step.expect_status)}, but the guest reported no kernel status "
                 f"({outcome.detail}, Win32 error {outcome.win32})",
             )
         if outcome.status != step.expect_status:
-            raise _StepFailed("failed", f"{verb} {name}: expected {status_name(step.expect_status)}, got {status_name(outcome.status)}")
-        return f"{verb} {name}: {status_name(outcome.status)}"
+            raise _StepFailed("failed", f"expected {status_name(step.expect_status)}, got {status_name(outcome.status)}")
+        return status_name(outcome.status)
 
     def _await(self, step: ExpectStep | ExpectNoStep | ExpectOrderStep, start: float, deadline: float) -> str:
         def check(now: float) -> Verdict:

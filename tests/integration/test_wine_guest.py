@@ -28,7 +28,7 @@ def run(path: Path, factory: GuestFactory, drivers: Path, out: Path) -> Scenario
 def test_receiver_first_fails_with_the_drivers_own_status(wine_factory: GuestFactory, settings: Settings, tmp_path: Path) -> None:
     result = run(ROOT / "scenarios" / "02-receiver-before-sender.yaml", wine_factory, settings.drivers_dir, tmp_path)
     assert result.outcome == "passed", result.message
-    assert result.steps[0].message == "load receiver: STATUS_OBJECT_NAME_NOT_FOUND (0xC0000034)"
+    assert result.steps[0].message == "STATUS_OBJECT_NAME_NOT_FOUND (0xC0000034)"
     raw = result.raw_log.read_text()
     assert "[sysRecv1] ExCreateCallback error code:(0xc0000034)." in raw
     assert NOTIFY in raw

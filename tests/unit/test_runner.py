@@ -92,7 +92,7 @@ def test_passing_scenario(tmp_path: Path) -> None:
 def test_failed_expectation_reports_step_line_and_nearby_lines(tmp_path: Path) -> None:
     result, guests = run(tmp_path, succeed, SCENARIO.replace("{min: 2}", "{min: 3}"))
     assert result.outcome == "failed"
-    assert result.message.startswith("step 2 (line 7) expect at least 3")
+    assert result.message.startswith("step 2 (line 7) expect at least 3 of line '[sysTest] send.'")
     assert "saw 2" in result.message
     assert [line.text for line in result.context] == ["[sysTest] send.", "[sysTest] send."]
     assert [s.state for s in result.steps] == ["passed", "failed", "skipped"]
