@@ -69,6 +69,7 @@ class ScenarioResult:
     duration: float = 0.0
     crash: GuestCrash | None = None
     context: list[LogLine] = field(default_factory=list)
+    raw_log_file: Path | None = None  # the guest's raw kernel log, as the guest names it
 
     @property
     def passed(self) -> bool:
@@ -76,7 +77,7 @@ class ScenarioResult:
 
     @property
     def raw_log(self) -> Path:
-        return self.run_dir / "kernel-raw.log"
+        return self.raw_log_file or self.run_dir / "kernel-raw.log"
 
 
 class _StepFailed(Exception):
@@ -242,6 +243,7 @@ def run_scenario(
 
     guest = factory(timeline, run_dir)
     result.guest = guest.name
+    result.raw_log_file = guest.raw_log
     if scenario.verifier is not None:
         if not guest.supports_verifier:
             result.outcome = "error"
