@@ -88,6 +88,21 @@ def write_chunk(path: str, chunk: bytes, first: bool) -> str:
     )
 
 
+def stop_driver(service: str, timeout_s: int) -> str:
+    """sc.exe stop, then wait until the service reports STOPPED (sc stop returns while STOP_PENDING)."""
+    name = ps_literal(plain_name(service, "service"))
+    return (
+        f"$out = & sc.exe stop {name} | Out-String; Write-Output $out\n"
+        "if ($LASTEXITCODE -ne 0) { exit $LASTEXITCODE }\n"
+        f"$deadline = (Get-Date).AddSeconds({int(timeout_s)})\n"
+        "while ((Get-Date) -lt $deadline) {\n"
+        f"  if ((& sc.exe query {name} | Out-String) -match 'STOPPED') {{ exit 0 }}\n"
+        "  Start-Sleep -Milliseconds 100\n"
+        "}\n"
+        "exit 1053"
+    )
+
+
 def verifier_script(setting: str | int, images: tuple[str, ...]) -> str:
     """Turn on Driver Verifier for ``images`` (takes effect after a reboot; verifier.exe exits 2 for "reboot needed")."""
     names = " ".join(ps_literal(plain_name(image, "driver image")) for image in images)

@@ -111,3 +111,13 @@ def test_verifier_script() -> None:
     assert verifier_script(0x209BB, ("a.sys",)).startswith("& verifier.exe '/flags' '0x209BB' '/driver' 'a.sys'")
     with pytest.raises(ValueError):
         verifier_script("standard", ("a.sys; calc",))
+
+
+def test_stop_driver_waits_for_stopped() -> None:
+    from harness.transports.commands import stop_driver
+
+    script = stop_driver("sysRecv1", 25)
+    assert script.startswith("$out = & sc.exe stop 'sysRecv1' | Out-String")
+    assert "AddSeconds(25)" in script and "& sc.exe query 'sysRecv1'" in script and script.endswith("exit 1053")
+    with pytest.raises(ValueError):
+        stop_driver("x'; calc; '", 5)

@@ -31,7 +31,7 @@ from harness.kd.serial import Endpoint, KdSerialReader, SerialReader, TextSerial
 from harness.kernel.events import GuestCrash, GuestHang
 from harness.timeline import Timeline
 from harness.transports.base import Transport, TransportError
-from harness.transports.commands import create_service, powershell, sc_error, sc_script, set_parameters, verifier_script
+from harness.transports.commands import create_service, powershell, sc_error, sc_script, set_parameters, stop_driver, verifier_script
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,8 @@ class LibvirtGuest(Guest):
 
     def _control(self, verb: str, service: str, timeout: float) -> ControlResult:
         started = self.timeline.now()
-        code, output = self._run(sc_script(verb, service), timeout)
+        script = sc_script("start", service) if verb == "start" else stop_driver(service, max(int(timeout) - 5, 1))
+        code, output = self._run(script, timeout)
         win32 = sc_error(output, code)
         status: int | None = None
         if verb == "start":
