@@ -61,6 +61,14 @@ class Transport(ABC):
         """
 
     @abstractmethod
+    def download(self, remote: str, local: Path, timeout: float) -> str:
+        """Copy a file out of the guest and check it against the guest's SHA-256; returns the hash.
+
+        Raises:
+            TransportError: the copy failed or the hashes differ.
+        """
+
+    @abstractmethod
     def close(self) -> None:
         """Release the connection; safe to call twice."""
 

@@ -110,6 +110,15 @@ def verifier_script(setting: str | int, images: tuple[str, ...]) -> str:
     return f"& verifier.exe {mode} '/driver' {names}\nif ($LASTEXITCODE -eq 2) {{ exit 0 }}\nexit $LASTEXITCODE"
 
 
+def read_chunk(path: str, offset: int, size: int) -> str:
+    """Prints up to ``size`` bytes of the file from ``offset``, as base64 (an empty line at the end of the file)."""
+    return (
+        f"$stream = [IO.File]::OpenRead({ps_literal(path)}); [void]$stream.Seek({int(offset)}, 'Begin')\n"
+        f"$buffer = New-Object byte[] {int(size)}; $count = $stream.Read($buffer, 0, {int(size)}); $stream.Close()\n"
+        "[Convert]::ToBase64String($buffer, 0, $count)"
+    )
+
+
 _SC_FAILED = re.compile(r"FAILED (\d+)")
 
 

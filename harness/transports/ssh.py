@@ -106,6 +106,26 @@ class SshTransport(Transport):
             raise TransportError(f"ssh {self.where}: command failed: {self._mask(str(error)) or type(error).__name__}") from None
         return CommandResult(code, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace"), time.monotonic() - started)
 
+    def _remote_hash(self, remote: str, timeout: float) -> str:
+        if self.remote == "windows":
+            return self.run(powershell(file_hash(remote)), timeout).stdout.strip().lower()
+        return self.run(f"sha256sum -- {posix_quote(remote)}", timeout).stdout.split(" ", 1)[0].strip().lower()
+
+    def download(self, remote: str, local: Path, timeout: float) -> str:
+        try:
+            sftp = self._client.open_sftp()
+            sftp.get_channel().settimeout(timeout)
+            try:
+                sftp.get(remote, str(local))
+            finally:
+                sftp.close()
+        except (TimeoutError, OSError, EOFError) as error:
+            raise TransportError(f"ssh {self.where}: download of {remote} failed: {self._mask(str(error))}") from None
+        expected, actual = self._remote_hash(remote, timeout), sha256_file(local)
+        if actual != expected:
+            raise TransportError(f"ssh {self.where}: {remote} arrived with SHA-256 {actual}, the guest has {expected or '(none)'}")
+        return actual
+
     def upload(self, local: Path, remote: str, timeout: float) -> str:
         expected = sha256_file(local)
         try:
@@ -117,12 +137,7 @@ class SshTransport(Transport):
                 sftp.close()
         except (TimeoutError, OSError, EOFError) as error:
             raise TransportError(f"ssh {self.where}: upload of {local.name} failed: {self._mask(str(error))}") from None
-        if self.remote == "windows":
-            result = self.run(powershell(file_hash(remote)), timeout)
-            actual = result.stdout.strip().lower()
-        else:
-            result = self.run(f"sha256sum -- {posix_quote(remote)}", timeout)
-            actual = result.stdout.split(" ", 1)[0].strip().lower()
+        actual = self._remote_hash(remote, timeout)
         if actual != expected:
             raise TransportError(f"ssh {self.where}: {remote} arrived with SHA-256 {actual or '(none)'}, expected {expected}")
         return expected

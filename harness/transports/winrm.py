@@ -9,6 +9,7 @@ credentials, never with the password.
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from pathlib import Path
@@ -16,11 +17,12 @@ from typing import Any, Literal
 
 from harness.secrets import Secret
 from harness.transports.base import AuthenticationError, CommandResult, Transport, TransportError, sha256_file
-from harness.transports.commands import file_hash, powershell, write_chunk
+from harness.transports.commands import file_hash, powershell, read_chunk, write_chunk
 
 log = logging.getLogger(__name__)
 
 CHUNK = 3 * 1024  # raw bytes per upload command: the encoded command line stays under cmd.exe's 8191 characters
+READ_CHUNK = 48 * 1024  # bytes per download command (its output, not its command line, carries them)
 
 
 def _winrm() -> Any:
@@ -125,6 +127,27 @@ class WinRmTransport(Transport):
         if actual != expected:
             raise TransportError(f"winrm {self.where}: {remote} arrived with SHA-256 {actual or '(none)'}, expected {expected}")
         return expected
+
+    def download(self, remote: str, local: Path, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        data = bytearray()
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TransportError(f"winrm {self.where}: download of {remote} did not finish within {timeout:g}s")
+            result = self.run(powershell(read_chunk(remote, len(data), READ_CHUNK)), left)
+            if not result.ok:
+                raise TransportError(f"winrm {self.where}: reading {remote} failed: {result.stderr.strip()[:300]}")
+            chunk = base64.b64decode(result.stdout.strip() or "")
+            data += chunk
+            if len(chunk) < READ_CHUNK:
+                break
+        local.write_bytes(bytes(data))
+        expected = self.run(powershell(file_hash(remote)), max(deadline - time.monotonic(), 5.0)).stdout.strip().lower()
+        actual = sha256_file(local)
+        if actual != expected:
+            raise TransportError(f"winrm {self.where}: {remote} arrived with SHA-256 {actual}, the guest has {expected or '(none)'}")
+        return actual
 
     def close(self) -> None:
         shell, self._shell = self._shell, None

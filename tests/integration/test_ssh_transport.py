@@ -137,3 +137,13 @@ def test_unknown_host_key_is_rejected_unless_accepted(sshd: Sshd, tmp_path: Path
     assert f"[127.0.0.1]:{sshd.port}" in empty.read_text()
     with connect(sshd, known_hosts=empty) as transport:  # now known
         assert transport.run("true", 10).ok
+
+
+def test_download_is_verified(sshd: Sshd, tmp_path: Path) -> None:
+    remote = sshd.upload_dir / "it's a dump.dmp"
+    remote.write_bytes(os.urandom(300_000))
+    remote.chmod(0o644)
+    local = tmp_path / "copy.dmp"
+    with connect(sshd) as transport:
+        transport.download(str(remote), local, 30)
+    assert local.read_bytes() == remote.read_bytes()

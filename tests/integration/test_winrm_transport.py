@@ -49,6 +49,11 @@ class ScriptGuest:
             before = self.files.get(path, b"") if opened.group(2) == "Append" else b""
             self.files[path] = before + base64.b64decode(chunk.group(1))
             return b"", b"", 0
+        if read := re.search(rf"\[IO\.File\]::OpenRead\({LITERAL}\); \[void\]\$stream\.Seek\((\d+), 'Begin'\)", script):
+            path = read.group(1).replace("''", "'")
+            size = int(re.search(r"New-Object byte\[\] (\d+)", script).group(1))  # type: ignore[union-attr]
+            offset = int(read.group(2))
+            return base64.b64encode(self.files[path][offset : offset + size]) + b"\r\n", b"", 0
         if hashed := re.search(rf"Get-FileHash -Algorithm SHA256 -LiteralPath {LITERAL}", script):
             path = hashed.group(1).replace("''", "'")
             if path not in self.files:
@@ -126,3 +131,13 @@ def test_an_unreachable_guest_is_a_transport_error() -> None:
         port = server.port
     with pytest.raises(TransportError, match="winrm"):
         WinRmTransport("127.0.0.1", port, "Administrator", PASSWORD, auth="basic", message_encryption="never", attempts=2)
+
+
+def test_download_is_verified(tmp_path: Path) -> None:
+    guest = ScriptGuest()
+    guest.files["C:\\Windows\\Minidump\\112426-1.dmp"] = os.urandom(100_000)
+    local = tmp_path / "crash.dmp"
+    with WsmanServer("Administrator", PASSWORD.reveal(), guest) as server, connect(server) as transport:
+        digest = transport.download("C:\\Windows\\Minidump\\112426-1.dmp", local, 60)
+    assert local.read_bytes() == guest.files["C:\\Windows\\Minidump\\112426-1.dmp"]
+    assert digest == hashlib.sha256(local.read_bytes()).hexdigest()

@@ -121,3 +121,13 @@ def test_stop_driver_waits_for_stopped() -> None:
     assert "AddSeconds(25)" in script and "& sc.exe query 'sysRecv1'" in script and script.endswith("exit 1053")
     with pytest.raises(ValueError):
         stop_driver("x'; calc; '", 5)
+
+
+def test_read_chunk_exact() -> None:
+    from harness.transports.commands import read_chunk
+
+    assert read_chunk("C:\\a'b.dmp", 4096, 1024) == (
+        "$stream = [IO.File]::OpenRead('C:\\a''b.dmp'); [void]$stream.Seek(4096, 'Begin')\n"
+        "$buffer = New-Object byte[] 1024; $count = $stream.Read($buffer, 0, 1024); $stream.Close()\n"
+        "[Convert]::ToBase64String($buffer, 0, $count)"
+    )
