@@ -17,16 +17,14 @@ import json
 import logging
 import os
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from harness.errors import ConfigError, GuestError, HarnessError
 from harness.guests.libvirt_vm.domain_xml import DomainSpec
-from harness.guests.libvirt_vm.vm import VirtualMachine, _libvirt, detect_accel, new_name
+from harness.guests.libvirt_vm.vm import VirtualMachine, detect_accel, new_name
 from harness.image.answer import FIRST_LOGON, PROGRESS_PREFIX, ImageOptions, autounattend_xml, first_logon_script
 from harness.image.iso import make_iso
 from harness.kd.serial import Endpoint, TextSerialReader
@@ -172,9 +170,9 @@ def build_image(request: BuildRequest, progress: Callable[[str], None] = print) 
         vm.boot(overlay=False)
         assert spec.com2 is not None
         with TextSerialReader(Endpoint.parse(f"unix:{spec.com2}"), timeline, work / "com2-progress.log"):
-            _press_enter(vm, seconds=30)
-            if not _wait_power_off(vm, request.timeout):
-                shot = _screenshot(vm, work / "timeout.ppm")
+            vm.press_key(KEY_ENTER, seconds=30)  # "Press any key to boot from CD or DVD"
+            if not vm.wait_stopped(request.timeout):
+                shot = vm.screenshot(work / "timeout.ppm")
                 raise ImageBuildError(
                     f"the installation did not finish within {request.timeout:g}s; last progress: {lines[-1] if lines else '(none)'}"
                     + (f"; screenshot: {shot}" if shot else "")
@@ -201,39 +199,3 @@ def build_image(request: BuildRequest, progress: Callable[[str], None] = print) 
     )  # fmt: skip
     manifest.write(manifest_path(request.out))
     return manifest
-
-
-def _press_enter(vm: VirtualMachine, seconds: float) -> None:
-    """Answer "Press any key to boot from CD or DVD" (UEFI asks once, for a few seconds)."""
-    libvirt = _libvirt()
-    dom: Any = vm.conn.lookupByName(vm.spec.name)
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and vm.state() == "running":
-        try:
-            dom.sendKey(libvirt.VIR_KEYCODE_SET_LINUX, 50, [KEY_ENTER], 1, 0)
-        except libvirt.libvirtError:
-            return
-        time.sleep(1.0)
-
-
-def _wait_power_off(vm: VirtualMachine, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(event.event in ("stopped", "shutdown") for event in vm.events) or vm.state() in ("shutoff", "gone"):
-            return True
-        time.sleep(1.0)
-    return False
-
-
-def _screenshot(vm: VirtualMachine, path: Path) -> Path | None:
-    libvirt = _libvirt()
-    try:
-        dom = vm.conn.lookupByName(vm.spec.name)
-        stream = vm.conn.newStream(0)
-        dom.screenshot(stream, 0, 0)
-        with open(path, "wb") as handle:
-            stream.recvAll(lambda _stream, data, out: out.write(data), handle)
-        stream.finish()
-        return path
-    except libvirt.libvirtError:
-        return None

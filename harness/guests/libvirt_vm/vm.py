@@ -38,7 +38,7 @@ _event_loop_started = False
 _event_loop_lock = threading.Lock()
 
 
-def _libvirt() -> Any:
+def libvirt_module() -> Any:
     try:
         import libvirt
     except ImportError:
@@ -51,7 +51,7 @@ def _libvirt() -> Any:
 def start_event_loop() -> None:
     """libvirt's default event loop in a daemon thread (once per process, before any connection)."""
     global _event_loop_started
-    libvirt = _libvirt()
+    libvirt = libvirt_module()
     with _event_loop_lock:
         if _event_loop_started:
             return
@@ -153,7 +153,7 @@ class Watchdog:
         self._thread.join(timeout=10)
 
     def _cpu_time(self) -> int | None:
-        libvirt = _libvirt()
+        libvirt = libvirt_module()
         try:
             return int(self.vm.conn.lookupByName(self.vm.spec.name).info()[4])
         except libvirt.libvirtError:
@@ -201,7 +201,7 @@ class VirtualMachine:
     # -- connection ----------------------------------------------------------------------------
 
     def connect(self) -> None:
-        libvirt = _libvirt()
+        libvirt = libvirt_module()
         start_event_loop()
         try:
             self._conn = libvirt.open(self.uri)
@@ -231,7 +231,7 @@ class VirtualMachine:
         Raises:
             GuestError: libvirt refused the domain.
         """
-        libvirt = _libvirt()
+        libvirt = libvirt_module()
         self.work_dir.mkdir(parents=True, exist_ok=True)
         disk = self._next_overlay(self.image) if overlay else self.image
         nvram = self._fresh_nvram()
@@ -258,7 +258,7 @@ class VirtualMachine:
         Raises:
             GuestError: libvirt could not save the domain.
         """
-        libvirt = _libvirt()
+        libvirt = libvirt_module()
         state, frozen, vars_copy = self._snapshot(name)
         for stale in (state, frozen, vars_copy):
             stale.unlink(missing_ok=True)
@@ -277,7 +277,7 @@ class VirtualMachine:
         Raises:
             GuestError: no such snapshot, or libvirt could not restore it.
         """
-        libvirt = _libvirt()
+        libvirt = libvirt_module()
         state, frozen, vars_copy = self._snapshot(name)
         if not state.is_file():
             raise GuestError(f"no running snapshot {name!r} to revert to")
@@ -298,12 +298,45 @@ class VirtualMachine:
         self._dom = self.conn.lookupByName(self.spec.name)
         self.spec = replace(self.spec, disk=disk, nvram=nvram or self.spec.nvram)
 
+    def press_key(self, keycode: int, seconds: float) -> None:
+        """Press a key (Linux keycode) once a second for ``seconds`` while the VM runs (boot-menu prompts)."""
+        libvirt = libvirt_module()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and self.state() == "running":
+            try:
+                self._dom.sendKey(libvirt.VIR_KEYCODE_SET_LINUX, 50, [keycode], 1, 0)
+            except libvirt.libvirtError:
+                return
+            time.sleep(1.0)
+
+    def wait_stopped(self, timeout: float) -> bool:
+        """True once the guest has powered itself off, False after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(event.event in ("stopped", "shutdown") for event in self.events) or self.state() in ("shutoff", "gone"):
+                return True
+            time.sleep(1.0)
+        return False
+
+    def screenshot(self, path: Path) -> Path | None:
+        """The VM's screen as a PPM file, or None when libvirt cannot take one."""
+        libvirt = libvirt_module()
+        try:
+            stream = self.conn.newStream(0)
+            self._dom.screenshot(stream, 0, 0)
+            with open(path, "wb") as handle:
+                stream.recvAll(lambda _stream, data, out: out.write(data), handle)
+            stream.finish()
+            return path
+        except libvirt.libvirtError:
+            return None
+
     def resume(self) -> None:
-        if self._dom is not None and self._dom.info()[0] == _libvirt().VIR_DOMAIN_PAUSED:
+        if self._dom is not None and self._dom.info()[0] == libvirt_module().VIR_DOMAIN_PAUSED:
             self._dom.resume()
 
     def state(self) -> str:
-        libvirt = _libvirt()
+        libvirt = libvirt_module()
         if self._dom is None:
             return "none"
         try:
@@ -326,7 +359,7 @@ class VirtualMachine:
             return ""
 
     def destroy_domain(self) -> None:
-        libvirt = _libvirt()
+        libvirt = libvirt_module()
         if self._dom is None:
             return
         with contextlib.suppress(libvirt.libvirtError):
@@ -391,7 +424,7 @@ def remove_stale(uri: str, prefix: str) -> list[str]:
     Returns:
         the names removed.
     """
-    libvirt = _libvirt()
+    libvirt = libvirt_module()
     try:
         conn = libvirt.open(uri)
     except libvirt.libvirtError as error:
