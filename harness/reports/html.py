@@ -39,8 +39,12 @@ def _scenario(result: ScenarioResult, out_dir: Path) -> str:
     parts.append("</div>")
     if result.message:
         parts.append(f'<div class="message">{_esc(result.message)}</div>')
+    if result.crash is not None and result.crash.evidence:
+        parts.append("<div>evidence:</div><pre>" + "".join(f"{_esc(line)}\n" for line in result.crash.evidence) + "</pre>")
     if result.context:
-        parts.append("<pre>" + "".join(f"+{line.t:.3f}s {_esc(line.text)}\n" for line in result.context) + "</pre>")
+        parts.append(
+            "<div>kernel log before it:</div><pre>" + "".join(f"+{line.t:.3f}s {_esc(line.text)}\n" for line in result.context) + "</pre>"
+        )
     parts.append("<table><tr><th>#</th><th>line</th><th>step</th><th>result</th><th>detail</th><th>time</th></tr>")
     for step in result.steps:
         parts.append(
