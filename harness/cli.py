@@ -11,12 +11,13 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 from harness.config import Settings, project_root
 from harness.errors import ConfigError, GuestError, HarnessError, ScenarioError
-from harness.guests import GUESTS, guest_factory
+from harness.guests import GUESTS, GuestFactory, guest_factory
 from harness.reports import write_reports
 from harness.runner import ScenarioResult, run_scenario
 from harness.scenario.loader import LoadedScenario, discover, load_scenario
@@ -89,13 +90,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_once_more_on_infra(
+    loaded: LoadedScenario, factory: GuestFactory, settings: Settings, progress: Callable[[str], None] | None = None
+) -> ScenarioResult:
+    """Run a scenario; when the guest itself broke (infra), once more on a fresh guest (never for failed/crashed/hung)."""
+    result = run_scenario(loaded, factory, settings.drivers_dir, settings.out_dir, progress)
+    if result.outcome == "infra":
+        print(f"INFRA {loaded.id}: {result.message}; retrying once", flush=True)
+        result = run_scenario(loaded, factory, settings.drivers_dir, settings.out_dir, progress)
+    return result
+
+
 def run_all(scenarios: list[LoadedScenario], settings: Settings, label: str) -> list[ScenarioResult]:
     factory = guest_factory(settings)
     results = []
     for loaded in scenarios:
-        result = run_scenario(loaded, factory, settings.drivers_dir, settings.out_dir)
-        if result.outcome == "infra":
-            result = run_scenario(loaded, factory, settings.drivers_dir, settings.out_dir)
+        result = run_once_more_on_infra(loaded, factory, settings)
         results.append(result)
         print(f"{label:<9} {'PASS' if result.passed else result.outcome.upper():<7} {loaded.id}", flush=True)
     write_reports(results, settings.out_dir)
@@ -216,11 +226,7 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         for loaded in scenarios:
             print(f"RUN  {loaded.id}: {loaded.scenario.name}", flush=True)
-            result = run_scenario(loaded, factory, settings.drivers_dir, settings.out_dir, progress)
-            if result.outcome == "infra":
-                # The guest broke, not the drivers: one more try on a fresh guest (never for failed/crashed/hung).
-                print(f"INFRA {loaded.id}: {result.message}; retrying once", flush=True)
-                result = run_scenario(loaded, factory, settings.drivers_dir, settings.out_dir, progress)
+            result = run_once_more_on_infra(loaded, factory, settings, progress)
             results.append(result)
             write_reports(results, settings.out_dir)
             mark = "PASS" if result.passed else result.outcome.upper()
