@@ -13,6 +13,11 @@ if virsh -c qemu:///system version >/dev/null 2>&1; then
   exit 0
 fi
 mkdir -p /run/libvirt /var/log/libvirt/qemu
+# libvirt runs swtpm (the VMs' TPM) as user tss; the local CA's state must be tss's, as Debian's package
+# intends (a swtpm run as root, e.g. by a daemon started before swtpm was installed, leaves root-owned files).
+if id tss >/dev/null 2>&1 && [ -d /var/lib/swtpm-localca ]; then
+  chown -R tss:root /var/lib/swtpm-localca
+fi
 if ! pgrep -x virtlogd >/dev/null; then
   virtlogd -d
   echo "started virtlogd"
