@@ -18,7 +18,7 @@ from harness.durations import format_duration
 from harness.errors import GuestError, GuestHung
 from harness.expect.engine import Verdict, check_absence, check_order, check_presence, nearby
 from harness.guests import GuestFactory
-from harness.guests.base import DriverInstall, Guest
+from harness.guests.base import CrashEvidence, DriverInstall, Guest
 from harness.kernel.events import Action, Event, GuestCrash, GuestHang, LogLine
 from harness.ntstatus import status_name
 from harness.scenario.loader import LoadedScenario
@@ -70,6 +70,7 @@ class ScenarioResult:
     crash: GuestCrash | None = None
     context: list[LogLine] = field(default_factory=list)
     raw_log_file: Path | None = None  # the guest's raw kernel log, as the guest names it
+    crash_evidence: CrashEvidence = field(default_factory=CrashEvidence)  # dumps pulled after a crash
 
     @property
     def passed(self) -> bool:
@@ -255,17 +256,16 @@ def run_scenario(
     run = ScenarioRun(loaded, guest, timeline)
     try:
         with guest:
-            run.deadline = timeline.now() + scenario.timeout
-            for name, spec in scenario.drivers.items():
-                guest.install(DriverInstall(service=spec.service, image=images[name], parameters=spec.parameters), scenario.step_timeout)
-            run.origin = timeline.now()
-            _run_steps(run, result, progress)
-            if result.outcome == "passed":
-                try:
-                    run.check_alive()
-                except _StepFailed as failure:
-                    result.outcome = "crashed" if failure.state == "crashed" else "hung"
-                    result.message = f"after the last step: {failure.message}"
+            broken: GuestError | None = None
+            try:
+                _run_body(run, result, images, progress)
+            except GuestError as error:
+                broken = error
+            if run.crash() is not None:
+                # The guest may restart and write a dump; pulled while the guest is still ours.
+                result.crash_evidence = guest.collect_crash_evidence(run_dir / "crash")
+            if broken is not None:
+                raise broken
     except GuestHung as error:
         result.outcome, result.message = "hung", str(error)
     except GuestError as error:
@@ -276,7 +276,26 @@ def run_scenario(
         result.crash = run.crash()
         if result.crash is not None:
             result.context = [line for line in timeline.lines() if line.t <= result.crash.t][-10:]
+            if result.outcome in ("hung", "infra"):
+                # A crash explains a guest that stopped answering: it is what the report should lead with.
+                result.message = f"the guest crashed: {result.crash.summary} (then: {result.message})"
+                result.outcome = "crashed"
     return result
+
+
+def _run_body(run: ScenarioRun, result: ScenarioResult, images: dict[str, Path], progress: Callable[[str], None] | None) -> None:
+    scenario = run.scenario
+    run.deadline = run.timeline.now() + scenario.timeout
+    for name, spec in scenario.drivers.items():
+        run.guest.install(DriverInstall(service=spec.service, image=images[name], parameters=spec.parameters), scenario.step_timeout)
+    run.origin = run.timeline.now()
+    _run_steps(run, result, progress)
+    if result.outcome == "passed":
+        try:
+            run.check_alive()
+        except _StepFailed as failure:
+            result.outcome = "crashed" if failure.state == "crashed" else "hung"
+            result.message = f"after the last step: {failure.message}"
 
 
 def _run_steps(run: ScenarioRun, result: ScenarioResult, progress: Callable[[str], None] | None) -> None:

@@ -40,6 +40,14 @@ class ControlResult:
     detail: str
 
 
+@dataclass(frozen=True)
+class CrashEvidence:
+    """What a guest left behind about a crash: files pulled out of it (dumps) and one line on how that went."""
+
+    files: tuple[Path, ...] = ()
+    note: str = ""
+
+
 class Guest(ABC):
     """One fresh guest for one scenario."""
 
@@ -90,6 +98,13 @@ class Guest(ABC):
         Raises:
             GuestHung: no answer within ``timeout`` seconds.
         """
+
+    def collect_crash_evidence(self, dest: Path) -> CrashEvidence:
+        """After a crash: pull what the guest wrote about it (a crash dump) into ``dest``; never raises.
+
+        A guest that restarts after a crash is waited for. The default has nothing to pull.
+        """
+        return CrashEvidence()
 
     @abstractmethod
     def stop(self) -> None:

@@ -41,6 +41,10 @@ def _scenario(result: ScenarioResult, out_dir: Path) -> str:
         parts.append(f'<div class="message">{_esc(result.message)}</div>')
     if result.crash is not None and result.crash.evidence:
         parts.append("<div>evidence:</div><pre>" + "".join(f"{_esc(line)}\n" for line in result.crash.evidence) + "</pre>")
+    evidence = result.crash_evidence
+    if evidence.note:
+        links = "".join(f' <a href="{_esc(os.path.relpath(path, out_dir))}">{_esc(path.name)}</a>' for path in evidence.files)
+        parts.append(f'<div class="evidence">crash dump: {_esc(evidence.note)}{links}</div>')
     if result.context:
         parts.append(
             "<div>kernel log before it:</div><pre>" + "".join(f"+{line.t:.3f}s {_esc(line.text)}\n" for line in result.context) + "</pre>"

@@ -53,7 +53,12 @@ def junit_xml(results: Sequence[ScenarioResult], suite: str = "kcb-harness") -> 
             ET.SubElement(case, "failure", message=_clean(result.message), type="failed").text = _clean(_context(result))
         elif result.outcome != "passed":
             ET.SubElement(case, "error", message=_clean(result.message), type=result.outcome).text = _clean(_context(result))
-        ET.SubElement(case, "system-out").text = _clean(render_timeline(result))
+        evidence = result.crash_evidence
+        if evidence.note:
+            ET.SubElement(properties, "property", name="crash_evidence", value=_clean(evidence.note))
+        # Jenkins' JUnit attachments convention: one [[ATTACHMENT|path]] line per file.
+        attachments = "".join(f"[[ATTACHMENT|{path.resolve()}]]\n" for path in evidence.files)
+        ET.SubElement(case, "system-out").text = _clean(attachments + render_timeline(result))
     return root
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from harness.errors import GuestError
+from harness.errors import GuestError, GuestHung
 
 
 class TransportError(GuestError):
@@ -77,3 +79,23 @@ class Transport(ABC):
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
         self.close()
+
+
+def connect_with_retries(open_transport: Callable[[], Transport], timeout: float, what: str, pause: float = 5.0) -> Transport:
+    """``open_transport()`` until it answers or ``timeout`` seconds pass (a guest may still be booting).
+
+    Raises:
+        GuestHung: nothing answered in time (the last error is in the message).
+    """
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while True:
+        try:
+            return open_transport()
+        except (HostKeyError, AuthenticationError):
+            raise  # an answer, and not one that waiting changes
+        except TransportError as error:
+            last = error
+        if time.monotonic() + pause >= deadline:
+            raise GuestHung(f"{what} did not answer within {timeout:g}s: {last}")
+        time.sleep(pause)

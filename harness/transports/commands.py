@@ -119,6 +119,22 @@ def read_chunk(path: str, offset: int, size: int) -> str:
     )
 
 
+MINIDUMP_DIR = "C:\\Windows\\Minidump"
+
+
+def list_files(folder: str, pattern: str) -> str:
+    """Prints the full path of each file in ``folder`` matching ``pattern``, oldest first (nothing when the folder is missing)."""
+    return (
+        f"Get-ChildItem -LiteralPath {ps_literal(folder)} -Filter {ps_literal(pattern)} -File -ErrorAction SilentlyContinue"
+        " | Sort-Object LastWriteTime | ForEach-Object { $_.FullName }"
+    )
+
+
+def posix_list_files(folder: str, suffix: str) -> str:
+    """The POSIX shell counterpart of ``list_files`` (the Linux stand-in guest)."""
+    return f'for f in {posix_quote(folder.rstrip("/"))}/*{posix_quote(suffix)}; do [ -f "$f" ] && echo "$f"; done; true'
+
+
 _SC_FAILED = re.compile(r"FAILED (\d+)")
 
 

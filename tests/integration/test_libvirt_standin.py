@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import signal
@@ -15,10 +16,15 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from harness.guests.libvirt_vm.standin import standin_vm
-from harness.guests.libvirt_vm.vm import VirtualMachine, Watchdog, remove_stale
+from harness.guests.libvirt_vm.dumps import collect_dumps, dump_names
+from harness.guests.libvirt_vm.guest import free_port
+from harness.guests.libvirt_vm.standin import standin_ssh_keys, standin_vm
+from harness.guests.libvirt_vm.vm import VirtualMachine, Watchdog, crash_from_lifecycle, remove_stale
 from harness.kd.serial import Endpoint, TextSerialReader
 from harness.timeline import Timeline
+from harness.transports.base import Transport, connect_with_retries
+from harness.transports.commands import posix_list_files
+from harness.transports.ssh import SshTransport
 from tests.integration.conftest import ROOT
 
 pytestmark = pytest.mark.libvirt
@@ -162,3 +168,52 @@ def test_watchdog_sees_a_stopped_vm_but_not_a_busy_one(vm: VirtualMachine, tmp_p
             time.sleep(0.2)
         watchdog.stop()
     assert hangs and "did not advance (state paused)" in hangs[0]
+
+
+def test_driver_goes_in_over_ssh_and_the_crash_dump_comes_out_after_the_restart(libvirt_uri: str, vm_dir: Path, tmp_path: Path) -> None:
+    """Through QEMU's user network and the loopback port forward, as with the Windows VM: a driver goes in over
+    SFTP (hash-checked in the guest); the guest writes a dump and resets, as Windows does after a bugcheck with
+    AutoReboot; the reset is a crash event; once the guest answers again its new dump is pulled, hash-checked."""
+    port = free_port()
+    machine = standin_vm(libvirt_uri, vm_dir / "vm", mode="ssh", prefix=PREFIX, ssh_port=port)
+    host_key, client_key = standin_ssh_keys()
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{port} " + " ".join(host_key.read_text().split()[:2]) + "\n")
+
+    def open_transport() -> Transport:
+        return SshTransport(
+            "127.0.0.1", port, "root", private_key=client_key, known_hosts=known_hosts, remote="posix", timeout=10, attempts=1
+        )
+
+    def connect(timeout: float) -> Transport:
+        return connect_with_retries(open_transport, timeout, "the stand-in's sshd", pause=1.0)
+
+    listing = posix_list_files("/dumps", ".dmp")
+    machine.connect()
+    try:
+        machine.boot()
+        with connect(180) as transport:
+            driver = ROOT / "build" / "drivers" / "receiver.sys"
+            assert transport.upload(driver, "/tmp/receiver.sys", 60) == hashlib.sha256(driver.read_bytes()).hexdigest()
+            known = dump_names(transport.run(listing, 30).stdout)
+            boot_id = transport.run("cat /proc/sys/kernel/random/boot_id", 30).stdout.strip()
+            assert known == [] and boot_id
+            transport.run("(sleep 1; /kcb-crash scenario-7) > /dev/null 2>&1 &", 30)
+        deadline = time.monotonic() + 60
+        while not any(event.event == "rebooted" for event in machine.events) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        reboot = next(event for event in machine.events if event.event == "rebooted")
+        crash = crash_from_lifecycle(reboot, 1.0, machine.domain_log)
+        assert crash is not None and "restarted on its own" in crash.summary
+
+        evidence = collect_dumps(connect, listing, tmp_path / "crash", 180, known=known, stopped=lambda: None)
+        assert len(evidence.files) == 1, evidence.note
+        dump = evidence.files[0].read_text()
+        assert evidence.files[0].name == "scenario-7-1.dmp" and evidence.note.startswith("1 crash dump(s) pulled")
+        # written by the boot that crashed, pulled from the one after it
+        assert "marker: scenario-7" in dump and f"boot: {boot_id}" in dump
+        with connect(60) as transport:
+            assert transport.run("cat /proc/sys/kernel/random/boot_id", 30).stdout.strip() != boot_id
+        assert machine.state() == "running"
+    finally:
+        machine.close()

@@ -83,7 +83,7 @@ def test_first_logon_script_turns_on_what_the_harness_needs() -> None:
         "bcdedit /dbgsettings serial debugport:1 baudrate:115200",
         "Debug Print Filter",
         "-Name 'DEFAULT' -Type DWord -Value 0xF",
-        "-Name 'AutoReboot' -Type DWord -Value 0",
+        "-Name 'AutoReboot' -Type DWord -Value 1",
         "OpenSSH.Server",
         "certutil -addstore -f Root",
         "Set-Service -Name wuauserv -StartupType Disabled",

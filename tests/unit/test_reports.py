@@ -5,6 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from harness.guests.base import CrashEvidence
 from harness.kernel.events import Action, GuestCrash, LogLine
 from harness.reports import write_reports
 from harness.runner import ScenarioResult, StepResult
@@ -23,6 +24,7 @@ def results(tmp_path: Path) -> list[ScenarioResult]:
     crashed.outcome, crashed.message = "crashed", "page fault"
     crashed.crash = GuestCrash(2.0, "page fault", code=0xC0000005, parameters=(8, 0x1000), evidence=("wine: Unhandled page fault <here>",))
     crashed.events = [crashed.crash]
+    crashed.crash_evidence = CrashEvidence((tmp_path / "s" / "03" / "crash" / "112526-01.dmp",), "1 crash dump(s) pulled after 95s")
     return [good, bad, crashed]
 
 
@@ -41,6 +43,10 @@ def test_junit_has_one_case_per_scenario_and_parses(tmp_path: Path) -> None:
     assert error is not None and error.get("type") == "crashed"
     props = {p.get("name"): p.get("value") for p in cases[2].iter("property")}
     assert props["crash_code"] == "0xC0000005" and props["outcome"] == "crashed"
+    assert props["crash_evidence"] == "1 crash dump(s) pulled after 95s"
+    dump = tmp_path / "s" / "03" / "crash" / "112526-01.dmp"
+    assert (cases[2].findtext("system-out") or "").startswith(f"[[ATTACHMENT|{dump.resolve()}]]\n")
+    assert "ATTACHMENT" not in (cases[0].findtext("system-out") or "")
 
 
 def test_html_is_self_contained_and_escaped(tmp_path: Path) -> None:
@@ -50,4 +56,5 @@ def test_html_is_self_contained_and_escaped(tmp_path: Path) -> None:
     assert "<script" not in page and "http" not in page.split("<body>")[1].split("href")[0]
     assert NOTIFY in page
     assert "wine: Unhandled page fault &lt;here&gt;" in page
+    assert 'crash dump: 1 crash dump(s) pulled after 95s <a href="s/03/crash/112526-01.dmp">112526-01.dmp</a>' in page
     assert (tmp_path / "s" / "01" / "timeline.txt").read_text().count("\n") == 2

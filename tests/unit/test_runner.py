@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import GuestError, GuestHung
-from harness.guests.base import ControlResult, DriverInstall, Guest
+from harness.guests.base import ControlResult, CrashEvidence, DriverInstall, Guest
 from harness.kernel.events import DriverStatus, GuestCrash, LogLine
 from harness.runner import ScenarioResult, run_scenario
 from harness.scenario.loader import load_scenario
@@ -25,6 +25,12 @@ class ScriptedGuest(Guest):
         self.script = script
         self.installed: list[DriverInstall] = []
         self.started = self.stopped = False
+        self.collected: list[Path] = []
+
+    def collect_crash_evidence(self, dest: Path) -> CrashEvidence:
+        assert not self.stopped, "evidence is collected while the guest is still up"
+        self.collected.append(dest)
+        return CrashEvidence((dest / "MINI.dmp",), "1 crash dump(s) pulled after 3s")
 
     def start(self) -> None:
         self.started = True
@@ -180,3 +186,20 @@ def test_a_watchdog_hang_is_reported_as_hung(tmp_path: Path) -> None:
 
     result, guests = run(tmp_path, hang_after_load)
     assert result.outcome == "hung" and "no CPU time" in result.message and guests[0].stopped
+
+
+def test_no_evidence_is_collected_without_a_crash(tmp_path: Path) -> None:
+    result, guests = run(tmp_path, succeed)
+    assert result.outcome == "passed" and guests[0].collected == [] and result.crash_evidence == CrashEvidence()
+
+
+def test_a_crash_that_breaks_the_transport_is_crashed_and_its_dump_is_collected(tmp_path: Path) -> None:
+    def crash_then_silence(guest: ScriptedGuest, action: str, service: str) -> ControlResult:
+        guest.timeline.append(GuestCrash(t=guest.timeline.now(), summary="bugcheck 0x000000D1", code=0xD1))
+        raise GuestError("winrm 127.0.0.1:5985: connection reset")
+
+    result, guests = run(tmp_path, crash_then_silence)
+    assert result.outcome == "crashed", result.message
+    assert result.message.startswith("the guest crashed: bugcheck 0x000000D1") and "connection reset" in result.message
+    assert guests[0].collected == [result.run_dir / "crash"] and guests[0].stopped
+    assert result.crash_evidence.files == (result.run_dir / "crash" / "MINI.dmp",)

@@ -38,10 +38,15 @@ class VmSettings(_Strict):
     work_dir: Path = Path("build/vm")
     text_serial: bool = True
     hyperv: bool = True
+    # true: Windows writes its crash dump and restarts, and the harness pulls the dump (crash seen over KD and
+    # as the guest's reset). false: the Hyper-V crash MSRs report the bugcheck to libvirt and the VM stops
+    # there, before Windows could write a dump (QEMU pauses the guest at that write).
+    crash_dumps: bool = True
+    dump_timeout: float = 900.0  # seconds for a crashed guest to write its dump, restart and answer again
     ready_timeout: float = 900.0
     watchdog: float = 300.0  # seconds of serial silence with no CPU progress before a scenario is "hung"
 
-    @field_validator("ready_timeout", "watchdog", mode="before")
+    @field_validator("ready_timeout", "watchdog", "dump_timeout", mode="before")
     @classmethod
     def _duration(cls, value: object) -> float:
         return parse_duration(value)
@@ -130,5 +135,6 @@ def load_config(path: Path) -> HarnessConfig:
         raise ConfigFileError(path, 1, "", "expected a mapping with vm: and transport:")
     config = validate(HarnessConfig, data, lines, path, ConfigFileError)
     base = path.parent.resolve()
-    vm = config.vm.model_copy(update={"image": base / config.vm.image, "work_dir": base / config.vm.work_dir})
+    paths = ("image", "work_dir", "ovmf_code", "ovmf_vars")
+    vm = config.vm.model_copy(update={name: base / getattr(config.vm, name) for name in paths})
     return config.model_copy(update={"vm": vm})

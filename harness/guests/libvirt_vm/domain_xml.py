@@ -152,9 +152,10 @@ def domain_xml(spec: DomainSpec) -> str:
 
     if spec.forwards:
         commandline = ET.SubElement(domain, f"{{{QEMU_NS}}}commandline")
-        # restrict=on: the guest reaches nothing but the forwarded host loopback ports.
+        # restrict=on: the guest reaches nothing but the forwarded host loopback ports. The NIC gets a fixed
+        # slot on the root bus: auto-placed, QEMU would take slot 1, which libvirt gives its PCIe root ports.
         hostfwd = ",".join(f"hostfwd=tcp:127.0.0.1:{f.host_port}-:{f.guest_port}" for f in spec.forwards)
-        for argument in ("-netdev", f"user,id=kcbnet0,restrict=on,{hostfwd}", "-device", "e1000e,netdev=kcbnet0"):
+        for argument in ("-netdev", f"user,id=kcbnet0,restrict=on,{hostfwd}", "-device", "e1000e,netdev=kcbnet0,bus=pcie.0,addr=0x10"):
             ET.SubElement(commandline, f"{{{QEMU_NS}}}arg", value=argument)
     ET.indent(domain)
     return ET.tostring(domain, encoding="unicode")

@@ -5,8 +5,10 @@ are removed, the VM boots on an overlay of the golden image, the transport
 waits until Windows answers, and the running snapshot is taken. Per scenario
 (``LibvirtGuest``): revert (paused), attach the KD reader on COM1 and the
 text reader on COM2, resume, reconnect the transport; install drivers with
-sc.exe and their Parameters; load/unload; lifecycle crash events become
-GuestCrash events with the Hyper-V bugcheck code when libvirt logged it.
+sc.exe and their Parameters; load/unload; lifecycle crash events (and a
+reset the guest asked for) become GuestCrash events, with the Hyper-V
+bugcheck code when libvirt logged it; after a crash, the minidump Windows
+wrote before restarting is pulled into the scenario's folder.
 Windows-only parts need a real image: they run in the ``windows_vm`` tests.
 """
 
@@ -23,15 +25,34 @@ from dataclasses import replace
 from pathlib import Path
 
 from harness.errors import ConfigError, GuestError, GuestHung
-from harness.guests.base import ControlResult, DriverInstall, Guest
+from harness.guests.base import ControlResult, CrashEvidence, DriverInstall, Guest
 from harness.guests.libvirt_vm.config import HarnessConfig
 from harness.guests.libvirt_vm.domain_xml import DomainSpec, PortForward
-from harness.guests.libvirt_vm.vm import LifecycleEvent, VirtualMachine, Watchdog, detect_accel, new_name, parse_panic_log, remove_stale
+from harness.guests.libvirt_vm.dumps import collect_dumps, dump_names
+from harness.guests.libvirt_vm.vm import (
+    LifecycleEvent,
+    VirtualMachine,
+    Watchdog,
+    crash_from_lifecycle,
+    detect_accel,
+    new_name,
+    remove_stale,
+)
 from harness.kd.serial import Endpoint, KdSerialReader, SerialReader, TextSerialReader
-from harness.kernel.events import GuestCrash, GuestHang
+from harness.kernel.events import GuestHang
 from harness.timeline import Timeline
-from harness.transports.base import Transport, TransportError
-from harness.transports.commands import create_service, powershell, sc_error, sc_script, set_parameters, stop_driver, verifier_script
+from harness.transports.base import Transport, TransportError, connect_with_retries
+from harness.transports.commands import (
+    MINIDUMP_DIR,
+    create_service,
+    list_files,
+    powershell,
+    sc_error,
+    sc_script,
+    set_parameters,
+    stop_driver,
+    verifier_script,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +112,14 @@ class VmSession:
             com1_log=run / "com1-kd.raw",
             com2=run / "com2.sock" if settings.text_serial else None,
             com2_log=run / "com2.log" if settings.text_serial else None,
-            panic="hyperv" if settings.hyperv else "none",
+            panic="hyperv" if settings.hyperv and not settings.crash_dumps else "none",
             hyperv=settings.hyperv,
             forwards=(PortForward(self.host_port, config.transport.port),),
         )
         self.vm = VirtualMachine(settings.uri, replace(spec, owner_pid=os.getpid()), settings.image, run)
         self.prepared = False
+        self.dump_listing = powershell(list_files(MINIDUMP_DIR, "*.dmp"))
+        self.known_dumps: tuple[str, ...] = ()  # in the ready snapshot already: not this scenario's
 
     def connect_transport(self, timeout: float) -> Transport:
         """Connect to the guest, retrying until ``timeout`` (Windows may still be starting).
@@ -104,15 +127,7 @@ class VmSession:
         Raises:
             GuestHung: nothing answered in time.
         """
-        deadline = time.monotonic() + timeout
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            try:
-                return self._transport()
-            except TransportError as error:
-                last = error
-                time.sleep(5)
-        raise GuestHung(f"the guest's {self.config.transport.type} did not answer within {timeout:g}s: {last}")
+        return connect_with_retries(self._transport, timeout, f"the guest's {self.config.transport.type}")
 
     def _transport(self) -> Transport:
         settings = self.config.transport
@@ -143,7 +158,9 @@ class VmSession:
             log.warning("removed VMs left by a harness that died: %s", ", ".join(removed))
         self.vm.connect()
         self.vm.boot()
-        self.connect_transport(settings.ready_timeout).close()
+        with self.connect_transport(settings.ready_timeout) as transport:
+            if settings.crash_dumps:
+                self.known_dumps = tuple(dump_names(transport.run(self.dump_listing, 120).stdout))
         self.vm.take_ready_snapshot()
         self.prepared = True
 
@@ -193,17 +210,16 @@ class LibvirtGuest(Guest):
         return self.run_dir / "kd-raw.log"
 
     def _on_lifecycle(self, event: LifecycleEvent) -> None:
-        if event.event == "crashed":
-            panic = parse_panic_log(self.session.vm.domain_log())
-            code, params = (panic[0], panic[1]) if panic else (None, ())
-            self.timeline.append(GuestCrash(self.timeline.now(), "the VM crashed (libvirt panic event)", code, params))
+        crash = crash_from_lifecycle(event, self.timeline.now(), self.session.vm.domain_log)
+        if crash is not None:
+            self.timeline.append(crash)
 
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         vm = self.session.vm
         self.session.prepare()
+        vm.revert(paused=True, name=self._snapshot_name())  # may reboot the VM once (Driver Verifier): not a crash
         vm.listeners.append(self._on_lifecycle)
-        vm.revert(paused=True, name=self._snapshot_name())
         spec = vm.spec
         assert spec.com1 is not None
         kd = KdSerialReader(Endpoint.parse(f"unix:{spec.com1}"), self.timeline, self.raw_log)
@@ -221,6 +237,25 @@ class LibvirtGuest(Guest):
         )  # fmt: skip
         self.watchdog.start()
         self.transport = self.session.connect_transport(self.session.config.transport.timeout * 3)
+
+    def collect_crash_evidence(self, dest: Path) -> CrashEvidence:
+        """Wait for Windows to restart after its bugcheck and pull the new minidumps (see harness.guests.libvirt_vm.dumps)."""
+        if self.watchdog is not None:  # a guest writing its dump and restarting is not hung
+            self.watchdog.stop()
+            self.watchdog = None
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+        settings = self.session.config.vm
+        if not settings.crash_dumps:
+            return CrashEvidence((), "no crash dump: vm.crash_dumps is off (the VM stops when Windows reports the crash)")
+
+        def stopped() -> str | None:
+            state = self.session.vm.state()
+            return f"the VM is {state}" if state in ("crashed", "paused", "shutoff", "gone") else None
+
+        return collect_dumps(self.session.connect_transport, self.session.dump_listing, dest, settings.dump_timeout,
+                             known=self.session.known_dumps, stopped=stopped)  # fmt: skip
 
     def _snapshot_name(self) -> str:
         """The running snapshot for this scenario: "ready", or one per Driver Verifier configuration."""

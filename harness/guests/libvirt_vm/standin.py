@@ -4,7 +4,10 @@ Built by `make standin` (standin-guest/): Debian's kernel and busybox in an
 initramfs, booted directly (no disk content needed; the golden "image" is an
 empty qcow2). ``mode`` picks what its /init does: ``text`` prints
 ``kcb-standin: ready`` and a tick line every 0.2 s on COM1, ``panic`` crashes
-the kernel through pvpanic, ``kd`` runs the KD target emulator on COM1.
+the kernel through pvpanic, ``kd`` runs the KD target emulator on COM1,
+``ssh`` is a reachable guest: sshd (key login with build/standin/ssh/client_ed25519)
+on the user network behind ``ssh_port``, and crash dumps (``/kcb-crash MARKER``
+writes one to the raw disk and resets; the next boot moves it to /dumps).
 """
 
 from __future__ import annotations
@@ -16,10 +19,10 @@ from typing import Literal
 
 from harness.config import project_root
 from harness.errors import GuestError
-from harness.guests.libvirt_vm.domain_xml import DomainSpec
+from harness.guests.libvirt_vm.domain_xml import DomainSpec, PortForward
 from harness.guests.libvirt_vm.vm import VirtualMachine, detect_accel, new_name
 
-Mode = Literal["text", "panic", "kd"]
+Mode = Literal["text", "panic", "kd", "ssh"]
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 
@@ -37,10 +40,24 @@ def standin_files() -> tuple[Path, Path]:
     return kernel, initrd
 
 
+def standin_ssh_keys() -> tuple[Path, Path]:
+    """(the stand-in's public host key, the private key its root accepts), made by `make standin`."""
+    folder = project_root() / "build" / "standin" / "ssh"
+    return folder / "host_ed25519.pub", folder / "client_ed25519"
+
+
 def standin_vm(
-    uri: str, work_dir: Path, mode: Mode = "text", prefix: str = "kcb", firmware: Literal["uefi", "bios"] = "uefi"
+    uri: str,
+    work_dir: Path,
+    mode: Mode = "text",
+    prefix: str = "kcb",
+    firmware: Literal["uefi", "bios"] = "uefi",
+    ssh_port: int = 0,
 ) -> VirtualMachine:
-    """A VM (not yet booted) running the stand-in guest in ``mode``, with COM1 (and COM2) as sockets."""
+    """A VM (not yet booted) running the stand-in guest in ``mode``, with COM1 (and COM2) as sockets.
+
+    ``ssh_port``: a host loopback port forwarded to the guest's port 22 (mode ``ssh``).
+    """
     kernel, initrd = standin_files()
     work_dir.mkdir(parents=True, exist_ok=True)
     golden = work_dir.parent / f"{work_dir.name}-golden.qcow2"
@@ -70,5 +87,6 @@ def standin_vm(
         hyperv=False,
         owner_pid=os.getpid(),
         owned_files=(golden,),
+        forwards=(PortForward(ssh_port, 22),) if ssh_port else (),
     )
     return VirtualMachine(uri, spec, golden, run)

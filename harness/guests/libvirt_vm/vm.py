@@ -31,6 +31,7 @@ from typing import Any
 
 from harness.errors import GuestError
 from harness.guests.libvirt_vm.domain_xml import DomainSpec, domain_xml, owner_of
+from harness.kernel.events import GuestCrash
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,22 @@ def parse_panic_log(text: str) -> tuple[int, tuple[int, int, int, int]] | None:
         return None
     values = [int(value, 16) for value in matches[-1]]
     return values[0], (values[1], values[2], values[3], values[4])
+
+
+def crash_from_lifecycle(event: LifecycleEvent, t: float, domain_log: Callable[[], str]) -> GuestCrash | None:
+    """The crash a lifecycle event of a scenario's VM means, if any.
+
+    ``crashed`` is libvirt's panic event (Hyper-V crash MSRs or pvpanic; the code is in the domain log);
+    ``rebooted`` is a reset the guest asked for, which no scenario step does: Windows restarting after a
+    bugcheck (AutoReboot on, after writing its dump).
+    """
+    if event.event == "crashed":
+        panic = parse_panic_log(domain_log())
+        code, params = (panic[0], panic[1]) if panic else (None, ())
+        return GuestCrash(t, "the VM crashed (libvirt panic event)", code, params)
+    if event.event == "rebooted":
+        return GuestCrash(t, "the guest restarted on its own (a bugcheck with automatic restart?)")
+    return None
 
 
 @dataclass(frozen=True)
@@ -195,7 +212,7 @@ class VirtualMachine:
         self.listeners: list[Callable[[LifecycleEvent], None]] = []
         self._conn: Any = None
         self._dom: Any = None
-        self._callback_id: int | None = None
+        self._callback_ids: list[int] = []
         self._generation = 0
 
     # -- connection ----------------------------------------------------------------------------
@@ -207,12 +224,21 @@ class VirtualMachine:
             self._conn = libvirt.open(self.uri)
         except libvirt.libvirtError as error:
             raise GuestError(f"cannot connect to libvirt at {self.uri}: {error.get_error_message()}") from None
-        self._callback_id = self._conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
+        self._callback_ids = [
+            self._conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None),
+            # A reset the guest asked for (Windows restarting after a bugcheck, with AutoReboot on).
+            self._conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, self._on_reboot, None),
+        ]
 
     def _on_lifecycle(self, conn: Any, dom: Any, event: int, detail: int, opaque: Any) -> None:
-        if dom.name() != self.spec.name:
-            return
-        record = LifecycleEvent(time.monotonic(), _EVENT_NAMES.get(event, str(event)), detail)
+        if dom.name() == self.spec.name:
+            self._record(LifecycleEvent(time.monotonic(), _EVENT_NAMES.get(event, str(event)), detail))
+
+    def _on_reboot(self, conn: Any, dom: Any, opaque: Any) -> None:
+        if dom.name() == self.spec.name:
+            self._record(LifecycleEvent(time.monotonic(), "rebooted", 0))
+
+    def _record(self, record: LifecycleEvent) -> None:
         self.events.append(record)
         for listener in self.listeners:
             listener(record)
@@ -373,9 +399,10 @@ class VirtualMachine:
         """Destroy the domain and remove every file of this run; safe to call twice."""
         self.destroy_domain()
         if self._conn is not None:
-            with contextlib.suppress(Exception):
-                if self._callback_id is not None:
-                    self._conn.domainEventDeregisterAny(self._callback_id)
+            for callback_id in self._callback_ids:
+                with contextlib.suppress(Exception):
+                    self._conn.domainEventDeregisterAny(callback_id)
+            self._callback_ids = []
             with contextlib.suppress(Exception):
                 self._conn.close()
             self._conn = None

@@ -1,0 +1,86 @@
+"""After a crash: wait until the guest is back, then pull the crash dumps it wrote.
+
+Windows set up by the image recipe (small memory dump, AutoReboot on) writes
+the dump into the page file during the bugcheck, restarts, and at the next
+boot moves it to ``%SystemRoot%\\Minidump``. So the harness waits for the
+transport to answer again, lists the dump folder, and downloads every dump it
+did not see in the ready snapshot, with a SHA-256 check, into the scenario's
+folder. Nothing here raises: what happened is one line of the report.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Collection
+from pathlib import Path
+
+from harness.errors import GuestError
+from harness.guests.base import CrashEvidence
+from harness.transports.base import Transport
+
+log = logging.getLogger(__name__)
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def dump_names(listing: str) -> list[str]:
+    """The guest paths in a listing (one per line, blank lines and stray spaces ignored)."""
+    return [line.strip() for line in listing.splitlines() if line.strip()]
+
+
+def local_name(remote: str) -> str:
+    """A safe file name for a guest path (Windows or POSIX)."""
+    base = re.split(r"[\\/]", remote)[-1] or "dump"
+    return _SAFE_NAME.sub("_", base)
+
+
+def collect_dumps(
+    connect: Callable[[float], Transport],
+    list_command: str,
+    dest: Path,
+    timeout: float,
+    known: Collection[str] = (),
+    stopped: Callable[[], str | None] = lambda: None,
+) -> CrashEvidence:
+    """Wait up to ``timeout`` seconds for the guest to answer, then download its new dumps into ``dest``.
+
+    Args:
+        connect: opens a transport, retrying for at most the seconds given (raises GuestError when nothing answered).
+        list_command: prints the guest paths of the dumps, one per line.
+        known: dumps that were there before the scenario (in the snapshot): not pulled.
+        stopped: why the guest will never come back (a VM stopped at the crash), or None.
+    """
+    reason = stopped()
+    if reason is not None:
+        return CrashEvidence((), f"no crash dump: {reason}")
+    started = time.monotonic()
+    try:
+        transport = connect(timeout)
+    except GuestError as error:
+        return CrashEvidence((), f"no crash dump: the guest did not come back within {timeout:g}s ({error})")
+    files: list[Path] = []
+    problems: list[str] = []
+    with transport:
+        try:
+            listing = transport.run(list_command, 120)
+        except GuestError as error:
+            return CrashEvidence((), f"no crash dump: listing the dumps failed ({error})")
+        new = [name for name in dump_names(listing.stdout) if name not in known]
+        if not new:
+            return CrashEvidence((), f"no crash dump: the guest came back after {time.monotonic() - started:.0f}s without a new one")
+        dest.mkdir(parents=True, exist_ok=True)
+        for remote in new:
+            target = dest / local_name(remote)
+            try:
+                transport.download(remote, target, max(timeout - (time.monotonic() - started), 60))
+                files.append(target)
+            except GuestError as error:
+                target.unlink(missing_ok=True)
+                problems.append(f"{remote}: {error}")
+    note = f"{len(files)} crash dump(s) pulled after {time.monotonic() - started:.0f}s"
+    if problems:
+        note += "; failed: " + "; ".join(problems)
+    log.info("%s", note)
+    return CrashEvidence(tuple(files), note)
