@@ -24,6 +24,7 @@ from pathlib import Path
 
 from harness.errors import ConfigError, GuestError, HarnessError
 from harness.guests.libvirt_vm.domain_xml import DomainSpec
+from harness.guests.libvirt_vm.host import LocalHost, VmHost
 from harness.guests.libvirt_vm.vm import VirtualMachine, detect_accel, new_name
 from harness.image.answer import FIRST_LOGON, PROGRESS_PREFIX, ImageOptions, autounattend_xml, first_logon_script
 from harness.image.iso import make_iso
@@ -84,20 +85,23 @@ def manifest_path(image: Path) -> Path:
     return image.with_name(image.name + ".manifest.json")
 
 
-def check_manifest(image: Path) -> Manifest | None:
+def check_manifest(image: Path, host: VmHost | None = None) -> Manifest | None:
     """The image's manifest after checking it still describes the file (None when there is none).
+
+    ``host``: the machine the image is on (default: this one).
 
     Raises:
         ConfigError: the image changed since it was built, or lacks a setting the harness needs.
     """
+    host = host or LocalHost()
     path = manifest_path(image)
-    if not path.is_file():
+    if not host.is_file(path):
         return None
     try:
-        manifest = Manifest(**json.loads(path.read_text(encoding="utf-8")))
+        manifest = Manifest(**json.loads(host.read_text(path)))
     except (ValueError, TypeError) as error:
         raise ConfigError(f"{path}: not a valid image manifest ({error})") from None
-    if manifest.size != image.stat().st_size:
+    if manifest.size != host.size(image):
         raise ConfigError(f"{image} changed since it was built ({path} says {manifest.size} bytes): rebuild it or remove the manifest")
     missing = [setting for setting in REQUIRED_SETTINGS if setting not in manifest.settings]
     if missing:

@@ -1,7 +1,8 @@
 """Serial endpoints and the readers that turn them into kernel events (the I/O edge of harness.kd).
 
 Endpoints: ``unix:/path/to.sock``, ``tcp:127.0.0.1:PORT`` (QEMU/libvirt chardev
-sockets) and ``file:/path`` (a capture, read once). Every byte read is
+sockets), ``file:/path`` (a capture, read once), and ``Endpoint.opened_by``
+(a port reached some other way: a remote VM host's loopback over SSH). Every byte read is
 appended to the raw capture file *before* it is parsed, so a parser fault
 never loses evidence. A reader reconnects when the other side goes away (a
 snapshot revert restarts QEMU) until it is stopped.
@@ -15,9 +16,10 @@ import socket
 import threading
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from harness.errors import ConfigError
 from harness.kd.session import KdBugcheck, KdEvent, KdHost, KdLine, KdModule, KdNotice, KdStateChange
@@ -29,13 +31,29 @@ log = logging.getLogger(__name__)
 IDLE = 0.2  # seconds of silence after which the KD host flushes and retransmits
 
 
+class Stream(Protocol):
+    """What a reader needs of a connection: a socket, or an SSH channel."""
+
+    def recv(self, size: int) -> bytes: ...
+    def sendall(self, data: bytes) -> None: ...
+    def settimeout(self, timeout: float | None) -> None: ...
+    def shutdown(self, how: int) -> None: ...
+    def close(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """Where a serial port's bytes come from."""
 
-    kind: str  # "unix", "tcp" or "file"
+    kind: str  # "unix", "tcp", "file" or "opened"
     address: str
     port: int = 0
+    opener: Callable[[float], Stream] | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def opened_by(cls, opener: Callable[[float], Stream], label: str) -> Endpoint:
+        """An endpoint whose connections ``opener(timeout)`` makes (raising OSError while nobody listens)."""
+        return cls("opened", label, opener=opener)
 
     @classmethod
     def parse(cls, spec: str) -> Endpoint:
@@ -54,12 +72,14 @@ class Endpoint:
             return cls(kind, host.strip("[]"), int(port))
         raise ConfigError(f"serial endpoint {spec!r}: expected unix:PATH, tcp:127.0.0.1:PORT or file:PATH")
 
-    def connect(self, timeout: float) -> socket.socket:
-        """A connected socket (unix or tcp).
+    def connect(self, timeout: float) -> Stream:
+        """A connected socket (unix or tcp), or what the opener made.
 
         Raises:
             OSError: nobody listening (yet).
         """
+        if self.opener is not None:
+            return self.opener(timeout)
         if self.kind == "unix":
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             target: str | tuple[str, int] = self.address
@@ -87,7 +107,7 @@ class SerialReader(ABC):
         self.last_activity = time.monotonic()  # when the last byte arrived (watchdogs read it)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._sock: socket.socket | None = None
+        self._sock: Stream | None = None
         self._raw: IO[bytes] | None = None
 
     # -- decoding, per subclass -------------------------------------------------------------------
@@ -186,7 +206,7 @@ class SerialReader(ABC):
             if not self.reconnect:
                 break
 
-    def _pump(self, sock: socket.socket) -> None:
+    def _pump(self, sock: Stream) -> None:
         while not self._stop.is_set():
             try:
                 data = sock.recv(65536)
@@ -204,7 +224,7 @@ class SerialReader(ABC):
             if reply:
                 self._send(sock, reply)
 
-    def _send(self, sock: socket.socket, data: bytes) -> None:
+    def _send(self, sock: Stream, data: bytes) -> None:
         try:
             sock.sendall(data)
         except OSError as error:

@@ -2,7 +2,9 @@
 
 Host keys are verified against a known_hosts file; an unknown key is
 rejected unless ``accept_new_host_key`` is set (then it is added to that
-file). Passwords come from ``harness.secrets.Secret`` and never reach a log
+file). ``host_key_alias`` (as OpenSSH's HostKeyAlias) files the key under a
+fixed name: the VM's forwarded port changes from run to run, and a key
+filed under ``[127.0.0.1]:PORT`` would be unknown the next time. Passwords come from ``harness.secrets.Secret`` and never reach a log
 line or an exception message.
 """
 
@@ -28,6 +30,27 @@ def _paramiko() -> Any:
     return paramiko
 
 
+def _alias_policy(paramiko: Any, known_hosts: Path | None, alias: str, accept_new: bool) -> Any:
+    """A paramiko host-key policy that checks the server's key against known_hosts' entry for ``alias``."""
+
+    class AliasPolicy(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
+        def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+            keys = paramiko.HostKeys()
+            if known_hosts is not None and known_hosts.is_file():
+                keys.load(str(known_hosts))
+            entry = keys.lookup(alias)
+            if entry is not None and key.get_name() in entry:
+                if entry[key.get_name()] != key:
+                    raise paramiko.BadHostKeyException(alias, key, entry[key.get_name()])
+                return
+            if not accept_new or known_hosts is None:
+                raise paramiko.SSHException(f"Server {alias!r} not found in known_hosts")
+            keys.add(alias, key.get_name(), key)
+            keys.save(str(known_hosts))
+
+    return AliasPolicy()
+
+
 class SshTransport(Transport):
     """One SSH connection to a guest, opened at construction (fails early)."""
 
@@ -41,6 +64,7 @@ class SshTransport(Transport):
         private_key: Path | None = None,
         known_hosts: Path | None = None,
         accept_new_host_key: bool = False,
+        host_key_alias: str | None = None,
         remote: Literal["windows", "posix"] = "windows",
         timeout: float = 30.0,
         attempts: int = 3,
@@ -50,12 +74,13 @@ class SshTransport(Transport):
         self.where = f"{username}@{host}:{port}"
         self._password = password
         client = paramiko.SSHClient()
-        if known_hosts is not None and known_hosts.is_file():
-            client.load_host_keys(str(known_hosts))
-        if accept_new_host_key:
-            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        if host_key_alias is not None:
+            # Nothing loaded under the real name: paramiko asks the policy, which checks the alias's entry.
+            client.set_missing_host_key_policy(_alias_policy(paramiko, known_hosts, host_key_alias, accept_new_host_key))
         else:
-            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+            if known_hosts is not None and known_hosts.is_file():
+                client.load_host_keys(str(known_hosts))
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy() if accept_new_host_key else paramiko.RejectPolicy())
         last: Exception | None = None
         for attempt in range(attempts):
             try:
@@ -85,7 +110,7 @@ class SshTransport(Transport):
             time.sleep(min(2.0**attempt, 5.0))
         else:
             raise TransportError(f"ssh {self.where}: cannot connect: {self._mask(str(last))}")
-        if accept_new_host_key and known_hosts is not None:
+        if accept_new_host_key and known_hosts is not None and host_key_alias is None:
             client.save_host_keys(str(known_hosts))
         self._client = client
 

@@ -17,7 +17,7 @@ import libvirt
 import pytest
 
 from harness.guests.libvirt_vm.dumps import collect_dumps, dump_names
-from harness.guests.libvirt_vm.guest import free_port
+from harness.guests.libvirt_vm.host import free_port
 from harness.guests.libvirt_vm.standin import standin_ssh_keys, standin_vm
 from harness.guests.libvirt_vm.vm import VirtualMachine, Watchdog, crash_from_lifecycle, remove_stale
 from harness.kd.serial import Endpoint, TextSerialReader

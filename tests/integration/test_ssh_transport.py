@@ -139,6 +139,29 @@ def test_unknown_host_key_is_rejected_unless_accepted(sshd: Sshd, tmp_path: Path
         assert transport.run("true", 10).ok
 
 
+def test_host_key_filed_under_an_alias(sshd: Sshd, tmp_path: Path) -> None:
+    # The VM's forwarded port changes every run: the key is filed under a fixed name instead.
+    known_hosts = tmp_path / "known_hosts"
+    host_key = (sshd.folder / "host_key.pub").read_text().split()
+    known_hosts.write_text(f"kcb-guest {host_key[0]} {host_key[1]}\n")
+    with connect(sshd, known_hosts=known_hosts, host_key_alias="kcb-guest") as transport:
+        assert transport.run("true", 10).ok
+    with pytest.raises(HostKeyError, match="unknown host key"):
+        connect(sshd, known_hosts=known_hosts, host_key_alias="other-guest")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+    other = (tmp_path / "other.pub").read_text().split()
+    wrong = tmp_path / "wrong"
+    wrong.write_text(f"kcb-guest {other[0]} {other[1]}\n")
+    with pytest.raises(HostKeyError, match="does not match"):
+        connect(sshd, known_hosts=wrong, host_key_alias="kcb-guest")
+    fresh = tmp_path / "fresh"
+    with connect(sshd, known_hosts=fresh, host_key_alias="kcb-guest", accept_new_host_key=True) as transport:
+        assert transport.run("true", 10).ok
+    assert fresh.read_text().startswith(f"kcb-guest {host_key[0]} {host_key[1]}")
+    with connect(sshd, known_hosts=fresh, host_key_alias="kcb-guest") as transport:
+        assert transport.run("true", 10).ok
+
+
 def test_download_is_verified(sshd: Sshd, tmp_path: Path) -> None:
     remote = sshd.upload_dir / "it's a dump.dmp"
     remote.write_bytes(os.urandom(300_000))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ WINDOWS = DomainSpec(
     com2=Path("/vm/run/com2.sock"),
     forwards=(PortForward(45985, 5985),),
     owner_pid=4242,
+    owner_host="ci-7",
     run_dir=Path("/vm/run"),
 )
 
@@ -94,7 +96,7 @@ def test_uefi_needs_firmware_paths() -> None:
 def test_owner_metadata_round_trip() -> None:
     xml = domain_xml(WINDOWS)
     assert f'xmlns:ns0="{METADATA_NS}"' in xml or METADATA_NS in xml
-    assert owner_of(xml) == (4242, [Path("/vm/run/disk-1.qcow2"), Path("/vm/run")])
+    assert owner_of(xml) == (4242, [Path("/vm/run/disk-1.qcow2"), Path("/vm/run")], "ci-7")
     assert owner_of("<domain><name>other</name></domain>") is None
 
 
@@ -118,3 +120,13 @@ def test_installation_media_and_tpm() -> None:
     assert [b.get("dev") for b in root.findall("os/boot")] == ["cdrom", "hd"]
     tpm = root.find("devices/tpm")
     assert tpm is not None and tpm.find("backend").get("version") == "2.0"  # type: ignore[union-attr]
+
+
+def test_serial_ports_on_a_remote_vm_host_are_loopback_tcp() -> None:
+    root = parse(replace(WINDOWS, com1=41001, com2=41002))
+    serials = root.findall("devices/serial")
+    assert [serial.get("type") for serial in serials] == ["tcp", "tcp"]
+    assert serials[0].find("source").attrib == {"mode": "bind", "host": "127.0.0.1", "service": "41001"}  # type: ignore[union-attr]
+    assert serials[0].find("protocol").attrib == {"type": "raw"}  # type: ignore[union-attr]
+    assert serials[0].find("log").attrib == {"file": "/vm/run/com1.log", "append": "on"}  # type: ignore[union-attr]
+    assert serials[1].find("target").get("port") == "1"  # type: ignore[union-attr]

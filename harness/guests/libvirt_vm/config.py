@@ -75,6 +75,9 @@ class TransportSettings(_Strict):
     server_cert_validation: Literal["validate", "ignore"] = "validate"
     # SSH
     known_hosts: Path | None = None
+    # The name the guest's host key is filed under in known_hosts (OpenSSH's HostKeyAlias): the forwarded
+    # port changes every run. null: file it under [127.0.0.1]:host_port.
+    host_key_alias: str | None = Field(default="kcb-guest", pattern=r"^[A-Za-z0-9_.\[\]:-]+$")
     private_key: Path | None = None
     accept_new_host_key: bool = False
     timeout: float = 60.0

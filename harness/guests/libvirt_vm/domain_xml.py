@@ -44,9 +44,9 @@ class DomainSpec:
     kernel: Path | None = None
     initrd: Path | None = None
     cmdline: str = ""
-    com1: Path | None = None
+    com1: Path | int | None = None  # a unix socket, or a TCP port on the VM host's loopback (remote VM hosts)
     com1_log: Path | None = None
-    com2: Path | None = None
+    com2: Path | int | None = None
     com2_log: Path | None = None
     panic: Literal["hyperv", "isa", "none"] = "hyperv"
     hyperv: bool = True
@@ -54,6 +54,7 @@ class DomainSpec:
     cdroms: tuple[Path, ...] = ()  # SATA CD-ROMs, booted from first when present (installation)
     tpm: bool = False  # TPM 2.0 (swtpm), for Windows 11
     owner_pid: int = 0
+    owner_host: str = ""  # the machine the harness runs on (its pid means something only there)
     run_dir: Path | None = None
     owned_files: tuple[Path, ...] = field(default_factory=tuple)  # removed with the run (never the golden image)
 
@@ -65,9 +66,14 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attributes: st
     return element
 
 
-def _serial(devices: ET.Element, port: int, socket: Path, log: Path | None) -> None:
-    serial = _sub(devices, "serial", type="unix")
-    _sub(serial, "source", mode="bind", path=str(socket))
+def _serial(devices: ET.Element, port: int, socket: Path | int, log: Path | None) -> None:
+    if isinstance(socket, int):
+        serial = _sub(devices, "serial", type="tcp")
+        _sub(serial, "source", mode="bind", host="127.0.0.1", service=str(socket))
+        _sub(serial, "protocol", type="raw")
+    else:
+        serial = _sub(devices, "serial", type="unix")
+        _sub(serial, "source", mode="bind", path=str(socket))
     if log is not None:
         _sub(serial, "log", file=str(log), append="on")
     _sub(serial, "target", type="isa-serial", port=str(port))
@@ -79,7 +85,7 @@ def domain_xml(spec: DomainSpec) -> str:
     domain = ET.Element("domain", type=spec.domain_type)
     _sub(domain, "name", spec.name)
     metadata = _sub(domain, "metadata")
-    owner = ET.SubElement(metadata, f"{{{METADATA_NS}}}owner", {"pid": str(spec.owner_pid)})
+    owner = ET.SubElement(metadata, f"{{{METADATA_NS}}}owner", {"pid": str(spec.owner_pid), "host": spec.owner_host})
     if spec.run_dir is not None:
         owner.set("run_dir", str(spec.run_dir))
     for path in (spec.disk, *spec.owned_files):
@@ -161,8 +167,8 @@ def domain_xml(spec: DomainSpec) -> str:
     return ET.tostring(domain, encoding="unicode")
 
 
-def owner_of(xml: str) -> tuple[int, list[Path]] | None:
-    """(pid, files) from the harness metadata of a domain's XML, or None when it is not ours."""
+def owner_of(xml: str) -> tuple[int, list[Path], str] | None:
+    """(pid, files, host) from the harness metadata of a domain's XML, or None when it is not ours."""
     root = ET.fromstring(xml)
     owner = root.find(f"metadata/{{{METADATA_NS}}}owner")
     if owner is None:
@@ -171,4 +177,4 @@ def owner_of(xml: str) -> tuple[int, list[Path]] | None:
     run_dir = owner.get("run_dir")
     if run_dir:
         files.append(Path(run_dir))
-    return int(owner.get("pid", "0")), files
+    return int(owner.get("pid", "0")), files, owner.get("host", "")

@@ -19,9 +19,9 @@ import hashlib
 import logging
 import os
 import re
-import socket
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from harness.errors import ConfigError, GuestError, GuestHung
@@ -29,6 +29,7 @@ from harness.guests.base import ControlResult, CrashEvidence, DriverInstall, Gue
 from harness.guests.libvirt_vm.config import HarnessConfig
 from harness.guests.libvirt_vm.domain_xml import DomainSpec, PortForward
 from harness.guests.libvirt_vm.dumps import collect_dumps, dump_names
+from harness.guests.libvirt_vm.host import LocalHost, VmHost, free_port, parse_remote_uri, remote_port, vm_host
 from harness.guests.libvirt_vm.vm import (
     LifecycleEvent,
     VirtualMachine,
@@ -72,54 +73,74 @@ WIN32_TO_STATUS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 class VmSession:
     """The VM of one harness run, shared by the scenarios' guests."""
 
-    def __init__(self, config: HarnessConfig) -> None:
+    def __init__(self, config: HarnessConfig, host: VmHost | None = None) -> None:
         settings = config.vm
-        if not settings.image.is_file():
-            raise ConfigError(f"the Windows golden image {settings.image} does not exist: {IMAGE_HELP}")
-        from harness.image.build import check_manifest
-
-        if check_manifest(settings.image) is None:
-            log.warning("%s has no manifest (prepared by hand?): its settings are not checked", settings.image)
-        if settings.firmware == "uefi" and not settings.ovmf_code.is_file():
-            raise ConfigError(f"UEFI firmware {settings.ovmf_code} not found: apt-get install ovmf (or set vm.ovmf_code)")
         self.config = config
         self.password = config.transport.password()  # fails now, not after a 10-minute boot
-        self.host_port = config.transport.host_port or free_port()
+        self.host = host or vm_host(settings.uri)  # a remote VM host is reached (host key checked) now
+        try:
+            self._check_files()
+        except BaseException:
+            self.host.close()
+            raise
+        remote = parse_remote_uri(settings.uri) is not None
+        # The VM's ports listen on the VM host's loopback; a remote host's are forwarded here over SSH.
+        self.host_port = config.transport.host_port or (remote_port() if remote else free_port())
+        self._local_ports: dict[int, int] = {}
         work = settings.work_dir / new_name(settings.name_prefix)
         run = work / "run"
+        com1: Path | int = remote_port() if remote else run / "com1.sock"
+        com2: Path | int = remote_port() if remote else run / "com2.sock"
         spec = DomainSpec(
             name=work.name,
             memory_mib=settings.memory_mib,
             vcpus=settings.vcpus,
             disk=settings.image,
-            domain_type=("kvm" if detect_accel() == "kvm" else "qemu")
+            domain_type=("kvm" if detect_accel(self.host) == "kvm" else "qemu")
             if settings.accel == "auto"
             else ("kvm" if settings.accel == "kvm" else "qemu"),
             firmware=settings.firmware,
             ovmf_code=settings.ovmf_code,
             nvram=settings.ovmf_vars,
-            com1=run / "com1.sock",
+            com1=com1,
             com1_log=run / "com1-kd.raw",
-            com2=run / "com2.sock" if settings.text_serial else None,
+            com2=com2 if settings.text_serial else None,
             com2_log=run / "com2.log" if settings.text_serial else None,
             panic="hyperv" if settings.hyperv and not settings.crash_dumps else "none",
             hyperv=settings.hyperv,
             forwards=(PortForward(self.host_port, config.transport.port),),
         )
-        self.vm = VirtualMachine(settings.uri, replace(spec, owner_pid=os.getpid()), settings.image, run)
+        self.vm = VirtualMachine(settings.uri, replace(spec, owner_pid=os.getpid()), settings.image, run, host=self.host)
         self.prepared = False
         self.dump_listing = powershell(list_files(MINIDUMP_DIR, "*.dmp"))
         self.known_dumps: tuple[str, ...] = ()  # in the ready snapshot already: not this scenario's
+
+    def _check_files(self) -> None:
+        settings = self.config.vm
+        where = "" if isinstance(self.host, LocalHost) else f" on {self.host.name}"
+        if not self.host.is_file(settings.image):
+            raise ConfigError(f"the Windows golden image {settings.image} does not exist{where}: {IMAGE_HELP}")
+        from harness.image.build import check_manifest
+
+        if check_manifest(settings.image, self.host) is None:
+            log.warning("%s has no manifest (prepared by hand?): its settings are not checked", settings.image)
+        if settings.firmware == "uefi" and not self.host.is_file(settings.ovmf_code):
+            raise ConfigError(f"UEFI firmware {settings.ovmf_code} not found{where}: apt-get install ovmf (or set vm.ovmf_code)")
+
+    def local_port(self, port: int) -> int:
+        """Where this machine reaches ``port`` of the VM host's loopback (the same port when libvirt is local)."""
+        if port not in self._local_ports:
+            self._local_ports[port] = self.host.forward(port)
+        return self._local_ports[port]
+
+    def serial_endpoint(self, port: Path | int) -> Endpoint:
+        """The endpoint a serial reader attaches to for COM1/COM2 of the domain spec."""
+        if isinstance(port, int):
+            return Endpoint.opened_by(partial(self.host.open_port, port), f"{self.host.name}:127.0.0.1:{port}")
+        return Endpoint("unix", str(port))
 
     def connect_transport(self, timeout: float) -> Transport:
         """Connect to the guest, retrying until ``timeout`` (Windows may still be starting).
@@ -135,15 +156,16 @@ class VmSession:
             from harness.transports.ssh import SshTransport
 
             return SshTransport(
-                "127.0.0.1", self.host_port, settings.username, password=self.password, private_key=settings.private_key,
-                known_hosts=settings.known_hosts, accept_new_host_key=settings.accept_new_host_key, timeout=settings.timeout,
+                "127.0.0.1", self.local_port(self.host_port), settings.username, password=self.password, private_key=settings.private_key,
+                known_hosts=settings.known_hosts, accept_new_host_key=settings.accept_new_host_key,
+                host_key_alias=settings.host_key_alias, timeout=settings.timeout,
             )  # fmt: skip
         from harness.transports.winrm import WinRmTransport
 
         if self.password is None:
             raise ConfigError("WinRM needs a password (password_env or password_file)")
         return WinRmTransport(
-            "127.0.0.1", self.host_port, settings.username, self.password, scheme=settings.scheme, auth=settings.auth,
+            "127.0.0.1", self.local_port(self.host_port), settings.username, self.password, scheme=settings.scheme, auth=settings.auth,
             message_encryption=settings.message_encryption, server_cert_validation=settings.server_cert_validation,
             timeout=settings.timeout,
         )  # fmt: skip
@@ -153,7 +175,7 @@ class VmSession:
         if self.prepared:
             return
         settings = self.config.vm
-        removed = remove_stale(settings.uri, settings.name_prefix)
+        removed = remove_stale(settings.uri, settings.name_prefix, self.host)
         if removed:
             log.warning("removed VMs left by a harness that died: %s", ", ".join(removed))
         self.vm.connect()
@@ -222,10 +244,10 @@ class LibvirtGuest(Guest):
         vm.listeners.append(self._on_lifecycle)
         spec = vm.spec
         assert spec.com1 is not None
-        kd = KdSerialReader(Endpoint.parse(f"unix:{spec.com1}"), self.timeline, self.raw_log)
+        kd = KdSerialReader(self.session.serial_endpoint(spec.com1), self.timeline, self.raw_log)
         self.readers.append(kd)
         if spec.com2 is not None:
-            self.readers.append(TextSerialReader(Endpoint.parse(f"unix:{spec.com2}"), self.timeline, self.run_dir / "com2.log"))
+            self.readers.append(TextSerialReader(self.session.serial_endpoint(spec.com2), self.timeline, self.run_dir / "com2.log"))
         for reader in self.readers:
             reader.start()
             if not reader.wait_connected(1, timeout=30):

@@ -13,13 +13,13 @@ writes one to the raw disk and resets; the next boot moves it to /dumps).
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 from typing import Literal
 
 from harness.config import project_root
 from harness.errors import GuestError
 from harness.guests.libvirt_vm.domain_xml import DomainSpec, PortForward
+from harness.guests.libvirt_vm.host import parse_remote_uri, remote_port, vm_host
 from harness.guests.libvirt_vm.vm import VirtualMachine, detect_accel, new_name
 
 Mode = Literal["text", "panic", "kd", "ssh"]
@@ -56,37 +56,37 @@ def standin_vm(
 ) -> VirtualMachine:
     """A VM (not yet booted) running the stand-in guest in ``mode``, with COM1 (and COM2) as sockets.
 
-    ``ssh_port``: a host loopback port forwarded to the guest's port 22 (mode ``ssh``).
+    ``ssh_port``: a port of the VM host's loopback forwarded to the guest's port 22 (mode ``ssh``).
+    With a remote URI (qemu+ssh://) the serial ports are TCP ports of the VM host's loopback, and the
+    kernel and initramfs must be at the same paths there (the tests use the loopback, one file system).
     """
     kernel, initrd = standin_files()
-    work_dir.mkdir(parents=True, exist_ok=True)
+    host = vm_host(uri)
+    remote = parse_remote_uri(uri) is not None
+    host.make_dir(work_dir)
     golden = work_dir.parent / f"{work_dir.name}-golden.qcow2"
-    if not golden.exists():
-        result = subprocess.run(
-            ["qemu-img", "create", "-q", "-f", "qcow2", str(golden), "16M"], capture_output=True, text=True, check=False
-        )
-        if result.returncode != 0:
-            raise GuestError(f"qemu-img failed: {result.stderr.strip()}")
+    if not host.exists(golden):
+        host.run(["qemu-img", "create", "-q", "-f", "qcow2", str(golden), "16M"])
     run = work_dir / "run"
     spec = DomainSpec(
         name=new_name(prefix),
         memory_mib=256,
         vcpus=1,
         disk=golden,
-        domain_type="kvm" if detect_accel() == "kvm" else "qemu",
+        domain_type="kvm" if detect_accel(host) == "kvm" else "qemu",
         firmware=firmware,
         ovmf_code=OVMF_CODE if firmware == "uefi" else None,
         nvram=OVMF_VARS if firmware == "uefi" else None,
         kernel=kernel,
         initrd=initrd,
         cmdline=f"console=ttyS1 quiet panic=0 kcb.mode={mode}",
-        com1=run / "com1.sock",
+        com1=remote_port() if remote else run / "com1.sock",
         com1_log=run / "com1.log",
-        com2=run / "com2.sock",
+        com2=remote_port() if remote else run / "com2.sock",
         panic="isa",
         hyperv=False,
         owner_pid=os.getpid(),
         owned_files=(golden,),
         forwards=(PortForward(ssh_port, 22),) if ssh_port else (),
     )
-    return VirtualMachine(uri, spec, golden, run)
+    return VirtualMachine(uri, spec, golden, run, host=host)

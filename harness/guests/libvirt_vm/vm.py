@@ -18,8 +18,7 @@ import contextlib
 import logging
 import os
 import re
-import shutil
-import subprocess
+import socket
 import threading
 import time
 import uuid
@@ -31,6 +30,7 @@ from typing import Any
 
 from harness.errors import GuestError
 from harness.guests.libvirt_vm.domain_xml import DomainSpec, domain_xml, owner_of
+from harness.guests.libvirt_vm.host import LocalHost, VmHost, vm_host
 from harness.kernel.events import GuestCrash
 
 log = logging.getLogger(__name__)
@@ -66,17 +66,15 @@ def start_event_loop() -> None:
         _event_loop_started = True
 
 
-def detect_accel() -> str:
-    """``kvm`` when /dev/kvm exists and the CPU has vmx or svm, else ``qemu`` (TCG).
+def detect_accel(host: VmHost | None = None) -> str:
+    """``kvm`` when the VM host has /dev/kvm and a CPU with vmx or svm, else ``qemu`` (TCG).
 
     libvirt may advertise KVM where 64-bit guests do not boot (nested PVM), so the CPU flags decide.
     """
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "qemu"
+    host = host or LocalHost()
+    flags = host.read_text(Path("/proc/cpuinfo"))
     has_virt = re.search(r"^flags\s*:.*\b(vmx|svm)\b", flags, re.MULTILINE) is not None
-    return "kvm" if has_virt and Path("/dev/kvm").exists() else "qemu"
+    return "kvm" if has_virt and host.exists(Path("/dev/kvm")) else "qemu"
 
 
 _PANIC = re.compile(
@@ -129,22 +127,6 @@ _EVENT_NAMES = {
     7: "pmsuspended",
     8: "crashed",
 }
-
-
-def overlay(base: Path, target: Path) -> None:
-    """A qcow2 overlay ``target`` over the read-only ``base``.
-
-    Raises:
-        GuestError: qemu-img failed.
-    """
-    result = subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2", str(target)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise GuestError(f"qemu-img could not create an overlay over {base}: {result.stderr.strip()}")
 
 
 class Watchdog:
@@ -203,8 +185,9 @@ def _pid_alive(pid: int) -> bool:
 class VirtualMachine:
     """One VM of this harness run."""
 
-    def __init__(self, uri: str, spec: DomainSpec, image: Path, work_dir: Path) -> None:
+    def __init__(self, uri: str, spec: DomainSpec, image: Path, work_dir: Path, host: VmHost | None = None) -> None:
         self.uri = uri
+        self._host = host
         self.image = image
         self.work_dir = work_dir
         self.spec = spec
@@ -217,9 +200,17 @@ class VirtualMachine:
 
     # -- connection ----------------------------------------------------------------------------
 
+    @property
+    def host(self) -> VmHost:
+        """Where the VM's files and ports are (this machine, or the host of a qemu+ssh:// URI)."""
+        if self._host is None:
+            self._host = vm_host(self.uri)
+        return self._host
+
     def connect(self) -> None:
         libvirt = libvirt_module()
         start_event_loop()
+        self.host  # noqa: B018 - a remote VM host is reached (and its key checked) before libvirt is
         try:
             self._conn = libvirt.open(self.uri)
         except libvirt.libvirtError as error:
@@ -258,10 +249,13 @@ class VirtualMachine:
             GuestError: libvirt refused the domain.
         """
         libvirt = libvirt_module()
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.host.make_dir(self.work_dir)
         disk = self._next_overlay(self.image) if overlay else self.image
         nvram = self._fresh_nvram()
-        self.spec = replace(self.spec, disk=disk, nvram=nvram, run_dir=self.work_dir)
+        self.spec = replace(
+            self.spec, disk=disk, nvram=nvram, run_dir=self.work_dir, owner_pid=self.spec.owner_pid or os.getpid(),
+            owner_host=self.spec.owner_host or socket.gethostname(),
+        )  # fmt: skip
         xml = domain_xml(self.spec)
         log.debug("domain XML:\n%s", xml)
         try:
@@ -276,7 +270,7 @@ class VirtualMachine:
         return self.work_dir / f"{name}.state", self.work_dir / f"{name}.qcow2", self.work_dir / f"{name}-vars.fd"
 
     def has_snapshot(self, name: str = "ready") -> bool:
-        return self._snapshot(name)[0].is_file()
+        return self.host.is_file(self._snapshot(name)[0])
 
     def take_ready_snapshot(self, name: str = "ready") -> None:
         """Freeze the running guest as a state scenarios start from (``name``), then carry on from it.
@@ -287,14 +281,14 @@ class VirtualMachine:
         libvirt = libvirt_module()
         state, frozen, vars_copy = self._snapshot(name)
         for stale in (state, frozen, vars_copy):
-            stale.unlink(missing_ok=True)
+            self.host.remove(stale)
         try:
             self._dom.save(str(state))  # the domain stops here
         except libvirt.libvirtError as error:
             raise GuestError(f"could not save {self.spec.name}: {error.get_error_message()}") from None
-        self.spec.disk.rename(frozen)  # becomes the read-only base of every revert to it
+        self.host.rename(self.spec.disk, frozen)  # becomes the read-only base of every revert to it
         if self.spec.nvram is not None:
-            shutil.copyfile(self.spec.nvram, vars_copy)
+            self.host.copy(self.spec.nvram, vars_copy)
         self.revert(paused=False, name=name)
 
     def revert(self, paused: bool = True, name: str = "ready") -> None:
@@ -305,15 +299,15 @@ class VirtualMachine:
         """
         libvirt = libvirt_module()
         state, frozen, vars_copy = self._snapshot(name)
-        if not state.is_file():
+        if not self.host.is_file(state):
             raise GuestError(f"no running snapshot {name!r} to revert to")
         self.destroy_domain()
         disk = self._next_overlay(frozen)
         nvram = None
         if self.spec.nvram is not None:
             nvram = self.work_dir / f"vars-{self._generation}.fd"
-            shutil.copyfile(vars_copy, nvram)
-            (self.work_dir / f"vars-{self._generation - 1}.fd").unlink(missing_ok=True)
+            self.host.copy(vars_copy, nvram)
+            self.host.remove(self.work_dir / f"vars-{self._generation - 1}.fd")
         saved = self.conn.saveImageGetXMLDesc(str(state), 0)
         xml = retarget_saved_xml(saved, disk, nvram)
         flags = libvirt.VIR_DOMAIN_SAVE_PAUSED if paused else 0
@@ -378,11 +372,7 @@ class VirtualMachine:
 
     def domain_log(self) -> str:
         """libvirt's log of this domain (QEMU's stderr, panic lines), when readable here."""
-        path = Path("/var/log/libvirt/qemu") / f"{self.spec.name}.log"
-        try:
-            return path.read_text(errors="replace")
-        except OSError:
-            return ""
+        return self.host.read_text(Path("/var/log/libvirt/qemu") / f"{self.spec.name}.log")
 
     def destroy_domain(self) -> None:
         libvirt = libvirt_module()
@@ -406,17 +396,27 @@ class VirtualMachine:
             with contextlib.suppress(Exception):
                 self._conn.close()
             self._conn = None
-        shutil.rmtree(self.work_dir, ignore_errors=True)
-        for path in self.spec.owned_files:
-            path.unlink(missing_ok=True)
+        try:
+            self.host.remove_tree(self.work_dir)
+            for path in self.spec.owned_files:
+                self.host.remove(path)
+        except GuestError as error:  # a remote VM host that went away: its next run's remove_stale cleans up
+            log.warning("could not remove the files of %s: %s", self.spec.name, error)
+        finally:
+            if self._host is not None:
+                self._host.close()
+                self._host = None
 
     # -- helpers ------------------------------------------------------------------------------------
 
     def _next_overlay(self, base: Path) -> Path:
         self._generation += 1
         target = self.work_dir / f"disk-{self._generation}.qcow2"
-        overlay(base, target)
-        (self.work_dir / f"disk-{self._generation - 1}.qcow2").unlink(missing_ok=True)
+        try:
+            self.host.overlay(base, target)
+        except GuestError as error:
+            raise GuestError(f"could not create an overlay over {base}: {error}") from None
+        self.host.remove(self.work_dir / f"disk-{self._generation - 1}.qcow2")
         return target
 
     def _fresh_nvram(self) -> Path | None:
@@ -425,7 +425,7 @@ class VirtualMachine:
         if self.spec.nvram is None:
             raise GuestError("UEFI needs an OVMF variables template")
         target = self.work_dir / "vars-0.fd"
-        shutil.copyfile(self.spec.nvram, target)
+        self.host.copy(self.spec.nvram, target)
         return target
 
 
@@ -445,13 +445,14 @@ def new_name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def remove_stale(uri: str, prefix: str) -> list[str]:
-    """Destroy domains of this harness whose owner process is gone, and delete their files.
+def remove_stale(uri: str, prefix: str, host: VmHost | None = None) -> list[str]:
+    """Destroy domains of this harness whose owner process (on this machine) is gone, and delete their files.
 
     Returns:
         the names removed.
     """
     libvirt = libvirt_module()
+    host = host or LocalHost()
     try:
         conn = libvirt.open(uri)
     except libvirt.libvirtError as error:
@@ -462,18 +463,16 @@ def remove_stale(uri: str, prefix: str) -> list[str]:
             if not dom.name().startswith(f"{prefix}-"):
                 continue
             owner = owner_of(dom.XMLDesc(0))
-            if owner is None or _pid_alive(owner[0]):
-                continue
+            if owner is None or owner[2] != socket.gethostname() or _pid_alive(owner[0]):
+                continue  # not ours, started from another machine (its pid means nothing here), or alive
             with contextlib.suppress(libvirt.libvirtError):
                 dom.destroy()
             with contextlib.suppress(libvirt.libvirtError):
                 if dom.isPersistent():
                     dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
-            for path in owner[1]:
-                if path.is_dir():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    path.unlink(missing_ok=True)
+            with contextlib.suppress(GuestError):
+                for path in owner[1]:
+                    host.remove_tree(path)
             removed.append(dom.name())
     finally:
         conn.close()
