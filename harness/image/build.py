@@ -24,7 +24,7 @@ from pathlib import Path
 
 from harness.errors import ConfigError, GuestError, HarnessError
 from harness.guests.libvirt_vm.domain_xml import DomainSpec
-from harness.guests.libvirt_vm.host import LocalHost, VmHost
+from harness.guests.libvirt_vm.host import LocalHost, VmHost, parse_remote_uri
 from harness.guests.libvirt_vm.vm import VirtualMachine, detect_accel, new_name
 from harness.image.answer import FIRST_LOGON, PROGRESS_PREFIX, ImageOptions, autounattend_xml, first_logon_script
 from harness.image.iso import make_iso
@@ -125,6 +125,8 @@ def build_image(request: BuildRequest, progress: Callable[[str], None] = print) 
         ImageBuildError: the installation failed or timed out.
         GuestError: libvirt or QEMU failed.
     """
+    if parse_remote_uri(request.uri) is not None:
+        raise ConfigError(f"image build makes its ISOs and disk here: run it on the VM host itself, not through {request.uri}")
     if not request.iso.is_file():
         raise ConfigError(f"installer ISO {request.iso} not found (pass --iso with a Windows ISO of your own)")
     if request.out.exists():

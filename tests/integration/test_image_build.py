@@ -78,3 +78,9 @@ def test_missing_iso_is_a_config_error(folder: Path) -> None:
     (folder / "fake-installer.iso").unlink()
     with pytest.raises(ConfigError, match="installer ISO"):
         build_image(build)
+
+
+def test_a_remote_uri_is_refused_with_what_to_do(folder: Path) -> None:
+    build = request(folder, "qemu+ssh://root@lab-3/system", "installer", timeout=10)
+    with pytest.raises(ConfigError, match="run it on the VM host itself"):
+        build_image(build)
