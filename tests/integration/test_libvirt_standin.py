@@ -80,10 +80,10 @@ def test_boot_capture_snapshot_and_revert(vm: VirtualMachine, tmp_path: Path) ->
         vm.take_ready_snapshot()
         assert vm.state() == "running"
         for _ in range(2):
-            mark = len(timeline.lines())
             connections = reader.connections
             vm.revert(paused=True)
             assert reader.wait_connected(connections + 1, timeout=30), "the serial reader did not re-attach"
+            mark = len(timeline.lines())  # all the old QEMU printed is in; the restored guest is still paused
             vm.resume()
             after = wait_ticks(timeline, mark, 3)
             # The guest goes on from the snapshot; nothing the reader saw before the revert comes again.
@@ -93,10 +93,10 @@ def test_boot_capture_snapshot_and_revert(vm: VirtualMachine, tmp_path: Path) ->
         later = wait_ticks(timeline, len(timeline.lines()), 2)[-1]
         vm.take_ready_snapshot("second")
         for name, lowest in (("ready", 4), ("second", later + 1)):
-            mark = len(timeline.lines())
             connections = reader.connections
             vm.revert(paused=True, name=name)
             assert reader.wait_connected(connections + 1, timeout=30)
+            mark = len(timeline.lines())
             vm.resume()
             first = wait_ticks(timeline, mark, 1)[0]
             assert lowest <= first <= (later if name == "ready" else later + 3), (name, first, later)

@@ -79,10 +79,10 @@ class VmSession:
     def __init__(self, config: HarnessConfig, host: VmHost | None = None) -> None:
         settings = config.vm
         self.config = config
-        self.password = config.transport.password()  # fails now, not after a 10-minute boot
         self.host = host or vm_host(settings.uri)  # a remote VM host is reached (host key checked) now
         try:
             self._check_files()
+            self.password = config.transport.password()  # fails now, not after a 10-minute boot
         except BaseException:
             self.host.close()
             raise

@@ -257,6 +257,9 @@ class SshHost(VmHost):
             raise GuestError(f"VM host {where}: cannot connect: {error.strerror or error}") from None
         self._where = where
         self._forwards: list[_Forward] = []
+        # paramiko logs every refused channel at ERROR; a serial reader retrying while QEMU restarts makes dozens.
+        self._client.get_transport().set_log_channel("harness.vmhost.ssh")
+        logging.getLogger("harness.vmhost.ssh").addFilter(_quiet_refusals)
 
     def run(self, argv: Sequence[str]) -> str:
         line = command_line(argv)
@@ -291,6 +294,11 @@ class SshHost(VmHost):
         self._forwards.clear()
         with contextlib.suppress(Exception):
             self._client.close()
+
+
+def _quiet_refusals(record: logging.LogRecord) -> bool:
+    """Drop paramiko's "channel open FAILED" records (a refused port is an expected answer here)."""
+    return "open FAILED" not in record.getMessage()
 
 
 class _Forward:
