@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -86,7 +87,8 @@ def test_a_stopped_vm_is_not_waited_for(tmp_path: Path) -> None:
 
 
 def test_no_new_dump_and_a_failed_download_are_said(tmp_path: Path) -> None:
-    assert collect_dumps(lambda t: MemoryGuest({}), "LIST", tmp_path, 9).note.startswith("no crash dump: the guest came back after")
+    empty = collect_dumps(lambda t: MemoryGuest({}), "LIST", tmp_path, 9, settle=0.05)
+    assert re.fullmatch(r"no crash dump: the guest came back after 0s and had none 0s later", empty.note), empty.note
     guest = MemoryGuest({"/dumps/a.dmp": b"a", "/dumps/b.dmp": b"b"}, broken=("/dumps/a.dmp",))
     evidence = collect_dumps(lambda t: guest, "LIST", tmp_path / "crash", 9)
     assert evidence.files == (tmp_path / "crash" / "b.dmp",) and not (tmp_path / "crash" / "a.dmp").exists()
@@ -124,3 +126,18 @@ def test_crash_dumps_decide_the_hyperv_crash_device(tmp_path: Path, monkeypatch:
     )
     session = VmSession(load_config(config))
     assert session.vm.spec.panic == panic and session.vm.spec.hyperv
+
+
+def test_a_dump_that_appears_late_in_the_boot_is_waited_for(tmp_path: Path) -> None:
+    class LateGuest(MemoryGuest):
+        listings = 0
+
+        def run(self, command: str, timeout: float) -> CommandResult:
+            self.listings += 1
+            if self.listings == 3:
+                self.files["C:\\Windows\\Minidump\\late.dmp"] = b"dump"
+            return super().run(command, timeout)
+
+    guest = LateGuest({})
+    evidence = collect_dumps(lambda t: guest, "LIST", tmp_path / "crash", 60, settle=1.0)
+    assert evidence.files == (tmp_path / "crash" / "late.dmp",) and guest.listings == 3

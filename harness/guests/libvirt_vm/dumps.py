@@ -43,6 +43,7 @@ def collect_dumps(
     timeout: float,
     known: Collection[str] = (),
     stopped: Callable[[], str | None] = lambda: None,
+    settle: float = 60.0,
 ) -> CrashEvidence:
     """Wait up to ``timeout`` seconds for the guest to answer, then download its new dumps into ``dest``.
 
@@ -51,6 +52,7 @@ def collect_dumps(
         list_command: prints the guest paths of the dumps, one per line.
         known: dumps that were there before the scenario (in the snapshot): not pulled.
         stopped: why the guest will never come back (a VM stopped at the crash), or None.
+        settle: how long to keep looking once the guest answers (the dump may be moved into place late in its boot).
     """
     reason = stopped()
     if reason is not None:
@@ -63,13 +65,19 @@ def collect_dumps(
     files: list[Path] = []
     problems: list[str] = []
     with transport:
-        try:
-            listing = transport.run(list_command, 120)
-        except GuestError as error:
-            return CrashEvidence((), f"no crash dump: listing the dumps failed ({error})")
-        new = [name for name in dump_names(listing.stdout) if name not in known]
-        if not new:
-            return CrashEvidence((), f"no crash dump: the guest came back after {time.monotonic() - started:.0f}s without a new one")
+        answered = time.monotonic()
+        while True:
+            try:
+                listing = transport.run(list_command, 120)
+            except GuestError as error:
+                return CrashEvidence((), f"no crash dump: listing the dumps failed ({error})")
+            new = [name for name in dump_names(listing.stdout) if name not in known]
+            if new:
+                break
+            if time.monotonic() - answered >= settle or time.monotonic() - started >= timeout:
+                waited = f"came back after {answered - started:.0f}s and had none {time.monotonic() - answered:.0f}s later"
+                return CrashEvidence((), f"no crash dump: the guest {waited}")
+            time.sleep(min(5.0, max(settle / 10, 0.01)))
         dest.mkdir(parents=True, exist_ok=True)
         for remote in new:
             target = dest / local_name(remote)
