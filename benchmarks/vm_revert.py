@@ -23,13 +23,11 @@ sys.path.insert(0, str(ROOT))
 
 from harness.guests.libvirt_vm.dumps import collect_dumps  # noqa: E402
 from harness.guests.libvirt_vm.host import free_port  # noqa: E402
-from harness.guests.libvirt_vm.standin import standin_ssh_keys, standin_vm  # noqa: E402
+from harness.guests.libvirt_vm.standin import standin_connector, standin_vm  # noqa: E402
 from harness.kd.serial import Endpoint, TextSerialReader  # noqa: E402
 from harness.kernel.events import Event, LogLine  # noqa: E402
 from harness.timeline import Timeline  # noqa: E402
-from harness.transports.base import Transport, connect_with_retries  # noqa: E402
 from harness.transports.commands import posix_list_files  # noqa: E402
-from harness.transports.ssh import SshTransport  # noqa: E402
 
 
 def next_line(timeline: Timeline, after: int, timeout: float = 120.0) -> float:
@@ -49,17 +47,7 @@ def crash_dump_round(work: Path) -> float:
     """Seconds from the guest's crash (a reset after writing its dump) until the dump is on this machine."""
     port = free_port()
     vm = standin_vm("qemu:///system", work, mode="ssh", prefix="kcbbench", ssh_port=port)
-    host_key, client_key = standin_ssh_keys()
-    known_hosts = work / "known_hosts"
-    known_hosts.write_text("kcb-guest " + " ".join(host_key.read_text().split()[:2]) + "\n")
-
-    def connect(timeout: float) -> Transport:
-        def open_transport() -> Transport:
-            return SshTransport("127.0.0.1", port, "root", private_key=client_key, known_hosts=known_hosts,
-                                host_key_alias="kcb-guest", remote="posix", timeout=10, attempts=1)  # fmt: skip
-
-        return connect_with_retries(open_transport, timeout, "the stand-in's sshd", pause=0.5)
-
+    connect = standin_connector(port, work / "known_hosts", pause=0.5)
     listing = posix_list_files("/dumps", ".dmp")
     vm.connect()
     try:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
+import socket
 import subprocess
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,3 +61,31 @@ def libvirt_uri() -> Iterator[str]:
         if f"started {daemon}" in result.stdout:
             with contextlib.suppress(OSError, ValueError):
                 os.kill(int(Path(f"/run/{daemon}.pid").read_text().strip()), signal.SIGTERM)
+
+
+@pytest.fixture
+def vm_dir() -> Iterator[Path]:
+    """A work folder QEMU (running as libvirt-qemu) can reach: pytest's tmp_path is private to root."""
+    folder = ROOT / "build" / "test-vms" / uuid.uuid4().hex[:8]
+    folder.mkdir(parents=True)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_sshd(config: Path, port: int) -> Iterator[None]:
+    """Debian's sshd with ``config`` in the foreground until the block ends, once it accepts on 127.0.0.1:``port``."""
+    Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # its privilege-separation folder
+    process = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert process.poll() is None and time.monotonic() < deadline, "sshd did not start"
+            time.sleep(0.05)
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

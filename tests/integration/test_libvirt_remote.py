@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +25,7 @@ from harness.guests.libvirt_vm.standin import standin_ssh_keys, standin_vm
 from harness.kd.serial import Endpoint, TextSerialReader
 from harness.timeline import Timeline
 from harness.transports.ssh import SshTransport
-from tests.integration.conftest import ROOT
+from tests.integration.conftest import ROOT, running_sshd
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.sshd]
 
@@ -61,30 +59,12 @@ def vm_host_sshd(libvirt_uri: str) -> Iterator[VmHostSshd]:
     ssh = folder / "ssh"
     ssh.write_text(f'#!/bin/sh\nexec ssh -o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking=yes "$@"\n')
     ssh.chmod(0o755)
-    Path("/run/sshd").mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while True:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        assert process.poll() is None and time.monotonic() < deadline, "sshd did not start"
-        time.sleep(0.05)
     uri = f"qemu+ssh://root@127.0.0.1:{port}/system?keyfile={folder / 'client_key'}&known_hosts={known_hosts}&no_tty=1&command={ssh}"
     try:
-        yield VmHostSshd(uri, folder)
+        with running_sshd(config, port):
+            yield VmHostSshd(uri, folder)
     finally:
-        process.terminate()
-        process.wait(timeout=10)
         shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture
-def vm_dir() -> Iterator[Path]:
-    folder = ROOT / "build" / "test-vms" / uuid.uuid4().hex[:8]
-    folder.mkdir(parents=True)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def ticks(timeline: Timeline, since: int = 0) -> list[int]:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,28 +16,17 @@ import pytest
 
 from harness.guests.libvirt_vm.dumps import collect_dumps, dump_names
 from harness.guests.libvirt_vm.host import free_port
-from harness.guests.libvirt_vm.standin import standin_ssh_keys, standin_vm
+from harness.guests.libvirt_vm.standin import standin_connector, standin_vm
 from harness.guests.libvirt_vm.vm import VirtualMachine, Watchdog, crash_from_lifecycle, remove_stale
 from harness.kd.serial import Endpoint, TextSerialReader
 from harness.timeline import Timeline
-from harness.transports.base import Transport, connect_with_retries
 from harness.transports.commands import posix_list_files
-from harness.transports.ssh import SshTransport
 from tests.integration.conftest import ROOT
 
 pytestmark = pytest.mark.libvirt
 
 PREFIX = "kcbtest"
 TICK = re.compile(r"^kcb-standin: tick (\d+)$")
-
-
-@pytest.fixture
-def vm_dir() -> Iterator[Path]:
-    """A work folder QEMU (running as libvirt-qemu) can reach: pytest's tmp_path is private to root."""
-    folder = ROOT / "build" / "test-vms" / uuid.uuid4().hex[:8]
-    folder.mkdir(parents=True)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
@@ -176,18 +163,7 @@ def test_driver_goes_in_over_ssh_and_the_crash_dump_comes_out_after_the_restart(
     AutoReboot; the reset is a crash event; once the guest answers again its new dump is pulled, hash-checked."""
     port = free_port()
     machine = standin_vm(libvirt_uri, vm_dir / "vm", mode="ssh", prefix=PREFIX, ssh_port=port)
-    host_key, client_key = standin_ssh_keys()
-    known_hosts = tmp_path / "known_hosts"
-    known_hosts.write_text(f"[127.0.0.1]:{port} " + " ".join(host_key.read_text().split()[:2]) + "\n")
-
-    def open_transport() -> Transport:
-        return SshTransport(
-            "127.0.0.1", port, "root", private_key=client_key, known_hosts=known_hosts, remote="posix", timeout=10, attempts=1
-        )
-
-    def connect(timeout: float) -> Transport:
-        return connect_with_retries(open_transport, timeout, "the stand-in's sshd", pause=1.0)
-
+    connect = standin_connector(port, tmp_path / "known_hosts")
     listing = posix_list_files("/dumps", ".dmp")
     machine.connect()
     try:

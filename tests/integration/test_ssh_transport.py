@@ -8,7 +8,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 from harness.secrets import Secret
 from harness.transports.base import AuthenticationError, HostKeyError
 from harness.transports.ssh import SshTransport
+from tests.integration.conftest import running_sshd
 
 pytestmark = pytest.mark.sshd
 
@@ -64,23 +64,13 @@ def sshd() -> Iterator[Sshd]:
         f"AuthorizedKeysFile {folder / 'authorized_keys'}\nUsePAM no\nPasswordAuthentication yes\nPubkeyAuthentication yes\n"
         f"KbdInteractiveAuthentication no\nStrictModes no\nAllowUsers {USER}\nSubsystem sftp internal-sftp\n"
     )
-    Path("/run/sshd").mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 20
-    while True:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        assert process.poll() is None and time.monotonic() < deadline, "sshd did not start"
-        time.sleep(0.05)
     host_public = (folder / "host_key.pub").read_text().split()
     known_hosts = folder / "known_hosts"
     known_hosts.write_text(f"[127.0.0.1]:{port} {host_public[0]} {host_public[1]}\n")
     try:
-        yield Sshd(port, folder, known_hosts, folder / "client_key", password, upload_dir)
+        with running_sshd(config, port):
+            yield Sshd(port, folder, known_hosts, folder / "client_key", password, upload_dir)
     finally:
-        process.terminate()
-        process.wait(timeout=10)
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -13,6 +13,7 @@ writes one to the raw disk and resets; the next boot moves it to /dumps).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -21,6 +22,8 @@ from harness.errors import GuestError
 from harness.guests.libvirt_vm.domain_xml import DomainSpec, PortForward
 from harness.guests.libvirt_vm.host import parse_remote_uri, remote_port, vm_host
 from harness.guests.libvirt_vm.vm import VirtualMachine, detect_accel, new_name
+from harness.transports.base import Transport, connect_with_retries
+from harness.transports.ssh import SshTransport
 
 Mode = Literal["text", "panic", "kd", "ssh"]
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
@@ -44,6 +47,21 @@ def standin_ssh_keys() -> tuple[Path, Path]:
     """(the stand-in's public host key, the private key its root accepts), made by `make standin`."""
     folder = project_root() / "build" / "standin" / "ssh"
     return folder / "host_ed25519.pub", folder / "client_ed25519"
+
+
+def standin_connector(port: int, known_hosts: Path, pause: float = 1.0) -> Callable[[float], Transport]:
+    """``connect(timeout)`` for the stand-in's sshd behind ``port`` (mode ssh), retrying until it answers.
+
+    Its host key is written to ``known_hosts`` under the alias ``kcb-guest`` (as the VM guest's key is filed).
+    """
+    host_key, client_key = standin_ssh_keys()
+    known_hosts.write_text("kcb-guest " + " ".join(host_key.read_text().split()[:2]) + "\n")
+
+    def open_transport() -> Transport:
+        return SshTransport("127.0.0.1", port, "root", private_key=client_key, known_hosts=known_hosts,
+                            host_key_alias="kcb-guest", remote="posix", timeout=10, attempts=1)  # fmt: skip
+
+    return lambda timeout: connect_with_retries(open_transport, timeout, "the stand-in's sshd", pause=pause)
 
 
 def standin_vm(
