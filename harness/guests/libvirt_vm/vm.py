@@ -91,6 +91,15 @@ def parse_panic_log(text: str) -> tuple[int, tuple[int, int, int, int]] | None:
     return values[0], (values[1], values[2], values[3], values[4])
 
 
+@dataclass(frozen=True)
+class LifecycleEvent:
+    """A libvirt lifecycle event of our domain."""
+
+    t: float
+    event: str
+    detail: int
+
+
 def crash_from_lifecycle(event: LifecycleEvent, t: float, domain_log: Callable[[], str]) -> GuestCrash | None:
     """The crash a lifecycle event of a scenario's VM means, if any.
 
@@ -105,15 +114,6 @@ def crash_from_lifecycle(event: LifecycleEvent, t: float, domain_log: Callable[[
     if event.event == "rebooted":
         return GuestCrash(t, "the guest restarted on its own (a bugcheck with automatic restart?)")
     return None
-
-
-@dataclass(frozen=True)
-class LifecycleEvent:
-    """A libvirt lifecycle event of our domain."""
-
-    t: float
-    event: str
-    detail: int
 
 
 _EVENT_NAMES = {
