@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Installs Windows from your ISO in a libvirt domain with the test VM's hardware (UEFI without Secure Boot, SATA, e1000e; "
             "a TPM for Windows 11), with a generated autounattend.xml and first-logon script (WinRM, optional OpenSSH, test-signing, "
-            "serial kernel debugging on COM1, Debug Print Filter, kernel dumps without auto-reboot, the test certificate, "
+            "serial kernel debugging on COM1, Debug Print Filter, small memory dumps with automatic restart, the test certificate, "
             "Windows Update and Defender sample submission off), waits until Windows shuts down, and writes IMAGE.manifest.json. "
             "The Administrator password comes from an environment variable, never from the command line."
         ),

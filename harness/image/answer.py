@@ -4,7 +4,7 @@ Both are built from data: the XML with ElementTree (so a password or name
 cannot break out of its element), the PowerShell with single-quoted literals
 (harness.transports.commands.ps_literal). The first-logon script turns on
 what the harness needs (WinRM, optionally OpenSSH; test-signing; serial
-kernel debugging; the DbgPrint filter; kernel dumps without auto-reboot; the
+kernel debugging; the DbgPrint filter; small memory dumps with automatic restart; the
 test certificate), quietens Windows Update and Defender's sample
 submission, reports progress on COM2 and shuts the machine down.
 """
