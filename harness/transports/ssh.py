@@ -51,6 +51,14 @@ def _alias_policy(paramiko: Any, known_hosts: Path | None, alias: str, accept_ne
     return AliasPolicy()
 
 
+_CHANNEL_LOG = "harness.transports.ssh.paramiko"
+
+
+def _quiet_refusals(record: logging.LogRecord) -> bool:
+    """Drop paramiko's "channel open FAILED" records (a refused port is an expected answer to open_tcp)."""
+    return "open FAILED" not in record.getMessage()
+
+
 class SshTransport(Transport):
     """One SSH connection to a guest, opened at construction (fails early)."""
 
@@ -65,6 +73,7 @@ class SshTransport(Transport):
         known_hosts: Path | None = None,
         accept_new_host_key: bool = False,
         host_key_alias: str | None = None,
+        use_agent: bool = False,
         remote: Literal["windows", "posix"] = "windows",
         timeout: float = 30.0,
         attempts: int = 3,
@@ -90,8 +99,8 @@ class SshTransport(Transport):
                     username=username,
                     password=password.reveal() if password is not None else None,
                     key_filename=str(private_key) if private_key is not None else None,
-                    look_for_keys=False,
-                    allow_agent=False,
+                    look_for_keys=use_agent and private_key is None,  # the user's ~/.ssh keys and agent, when asked
+                    allow_agent=use_agent and private_key is None,
                     timeout=timeout,
                     banner_timeout=timeout,
                     auth_timeout=timeout,
@@ -113,6 +122,9 @@ class SshTransport(Transport):
         if accept_new_host_key and known_hosts is not None and host_key_alias is None:
             client.save_host_keys(str(known_hosts))
         self._client = client
+        # paramiko logs every refused channel at ERROR; a serial reader retrying while QEMU restarts makes dozens.
+        client.get_transport().set_log_channel(_CHANNEL_LOG)
+        logging.getLogger(_CHANNEL_LOG).addFilter(_quiet_refusals)
 
     def _mask(self, text: str) -> str:
         return self._password.mask(text) if self._password is not None else text
@@ -130,6 +142,18 @@ class SshTransport(Transport):
         except (TimeoutError, OSError, EOFError) as error:
             raise TransportError(f"ssh {self.where}: command failed: {self._mask(str(error)) or type(error).__name__}") from None
         return CommandResult(code, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace"), time.monotonic() - started)
+
+    def open_tcp(self, port: int, timeout: float) -> Any:
+        """A channel to ``port`` on the server's loopback (as ``ssh -L`` uses): socket-like, with recv/sendall/close.
+
+        Raises:
+            ConnectionRefusedError: nothing listens there (yet), or the server refused.
+        """
+        paramiko = _paramiko()
+        try:
+            return self._client.get_transport().open_channel("direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 0), timeout=timeout)
+        except (paramiko.SSHException, EOFError) as error:
+            raise ConnectionRefusedError(f"ssh {self.where}: port {port}: {error}") from None
 
     def _remote_hash(self, remote: str, timeout: float) -> str:
         if self.remote == "windows":

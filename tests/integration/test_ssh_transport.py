@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.guests.libvirt_vm.host import free_port
 from harness.secrets import Secret
 from harness.transports.base import AuthenticationError, HostKeyError
 from harness.transports.ssh import SshTransport
@@ -32,13 +32,6 @@ class Sshd:
     client_key: Path
     password: Secret
     upload_dir: Path
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="session")

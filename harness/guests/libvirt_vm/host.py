@@ -13,6 +13,7 @@ VM host through the SSH connection, as ``ssh -L`` would.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import logging
 import os
 import secrets
@@ -21,7 +22,7 @@ import socket
 import subprocess
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -225,66 +226,29 @@ class SshHost(VmHost):
     """libvirt runs on another machine, reached over SSH (the host of a ``qemu+ssh://`` URI)."""
 
     def __init__(self, remote: RemoteUri, timeout: float = 30.0) -> None:
-        try:
-            import paramiko
-        except ImportError:
-            raise GuestError("paramiko is not installed: run `make setup`") from None
+        from harness.transports.ssh import SshTransport
+
         self.name = remote.host
-        self._paramiko = paramiko
-        self._client = paramiko.SSHClient()
-        known_hosts = remote.known_hosts or Path.home() / ".ssh" / "known_hosts"
-        if known_hosts.is_file():
-            self._client.load_host_keys(str(known_hosts))
-        self._client.set_missing_host_key_policy(paramiko.RejectPolicy())  # host keys are verified, never accepted
-        where = f"{remote.user + '@' if remote.user else ''}{remote.host}:{remote.port}"
-        try:
-            self._client.connect(
-                remote.host,
-                port=remote.port,
-                username=remote.user,
-                key_filename=str(remote.keyfile) if remote.keyfile else None,
-                allow_agent=remote.keyfile is None,
-                look_for_keys=remote.keyfile is None,
-                timeout=timeout,
-                banner_timeout=timeout,
-                auth_timeout=timeout,
-            )
-        except paramiko.BadHostKeyException:
-            raise GuestError(f"VM host {where}: the host key does not match {known_hosts}") from None
-        except paramiko.SSHException as error:
-            raise GuestError(f"VM host {where}: {error}") from None
-        except OSError as error:
-            raise GuestError(f"VM host {where}: cannot connect: {error.strerror or error}") from None
-        self._where = where
+        # Host keys are verified (the URI's known_hosts, else the user's), never accepted; key from the URI, else agent/~/.ssh.
+        self._ssh = SshTransport(
+            remote.host, remote.port, remote.user or getpass.getuser(), private_key=remote.keyfile,
+            known_hosts=remote.known_hosts or Path.home() / ".ssh" / "known_hosts", use_agent=True, remote="posix",
+            timeout=timeout, attempts=1,
+        )  # fmt: skip
         self._forwards: list[_Forward] = []
-        # paramiko logs every refused channel at ERROR; a serial reader retrying while QEMU restarts makes dozens.
-        self._client.get_transport().set_log_channel("harness.vmhost.ssh")
-        logging.getLogger("harness.vmhost.ssh").addFilter(_quiet_refusals)
 
     def run(self, argv: Sequence[str]) -> str:
-        line = command_line(argv)
-        try:
-            _stdin, stdout, stderr = self._client.exec_command(line, timeout=300)
-            output: str = stdout.read().decode("utf-8", "replace")
-            errors = stderr.read().decode("utf-8", "replace")
-            code = stdout.channel.recv_exit_status()
-        except (self._paramiko.SSHException, OSError) as error:
-            raise GuestError(f"VM host {self._where}: {argv[0]} failed: {error}") from None
-        if code != 0:
-            raise GuestError(f"VM host {self._where}: {argv[0]} failed ({code}): {errors.strip()[:300]}")
-        return output
+        result = self._ssh.run(command_line(argv), 300)
+        if not result.ok:
+            raise GuestError(f"VM host {self.name}: {argv[0]} failed ({result.exit_code}): {result.stderr.strip()[:300]}")
+        return result.stdout
 
     def open_port(self, port: int, timeout: float) -> Stream:
-        try:
-            channel: Stream = self._client.get_transport().open_channel(
-                "direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 0), timeout=timeout
-            )
-        except (self._paramiko.SSHException, EOFError) as error:
-            raise ConnectionRefusedError(f"VM host {self._where}: port {port}: {error}") from None
+        channel: Stream = self._ssh.open_tcp(port, timeout)
         return channel
 
     def forward(self, port: int) -> int:
-        forward = _Forward(self._client.get_transport(), port)
+        forward = _Forward(self.open_port, port)
         self._forwards.append(forward)
         return forward.port
 
@@ -292,13 +256,7 @@ class SshHost(VmHost):
         for forward in self._forwards:
             forward.close()
         self._forwards.clear()
-        with contextlib.suppress(Exception):
-            self._client.close()
-
-
-def _quiet_refusals(record: logging.LogRecord) -> bool:
-    """Drop paramiko's "channel open FAILED" records (a refused port is an expected answer here)."""
-    return "open FAILED" not in record.getMessage()
+        self._ssh.close()
 
 
 class _Forward:
@@ -307,8 +265,8 @@ class _Forward:
     A connection whose far end cannot be opened (nothing listening there yet) is closed at once.
     """
 
-    def __init__(self, transport: Any, remote_port: int) -> None:
-        self._transport = transport
+    def __init__(self, open_port: Callable[[int, float], Stream], remote_port: int) -> None:
+        self._open_port = open_port
         self.remote_port = remote_port
         self._listener = socket.socket()
         self._listener.bind(("127.0.0.1", 0))
@@ -320,12 +278,12 @@ class _Forward:
     def _accept(self) -> None:
         while not self._closed.is_set():
             try:
-                local, peer = self._listener.accept()
+                local, _ = self._listener.accept()
             except OSError:
                 return
             try:
-                channel = self._transport.open_channel("direct-tcpip", ("127.0.0.1", self.remote_port), peer, timeout=10)
-            except Exception as error:  # paramiko raises several kinds; the client just sees the connection close
+                channel = self._open_port(self.remote_port, 10)
+            except OSError as error:  # the client just sees the connection close
                 log.debug("forward to VM host port %d: %s", self.remote_port, error)
                 local.close()
                 continue
