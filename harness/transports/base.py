@@ -25,6 +25,14 @@ class HostKeyError(TransportError):
     """The guest's SSH host key is unknown or does not match known_hosts."""
 
 
+class ConnectFailed(TransportError):
+    """Nothing answered (yet), or the connection dropped: worth trying again while a guest boots."""
+
+
+class CommandTimeout(TransportError, GuestHung):
+    """A command did not finish within its timeout: the guest is stuck in it (a hang, not a broken transport)."""
+
+
 @dataclass(frozen=True)
 class CommandResult:
     """The outcome of one command in the guest."""
@@ -92,9 +100,7 @@ def connect_with_retries(open_transport: Callable[[], Transport], timeout: float
     while True:
         try:
             return open_transport()
-        except (HostKeyError, AuthenticationError):
-            raise  # an answer, and not one that waiting changes
-        except TransportError as error:
+        except ConnectFailed as error:  # anything else is an answer, and not one that waiting changes
             last = error
         if time.monotonic() + pause >= deadline:
             raise GuestHung(f"{what} did not answer within {timeout:g}s: {last}")

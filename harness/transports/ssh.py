@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harness.secrets import Secret
-from harness.transports.base import AuthenticationError, CommandResult, HostKeyError, Transport, TransportError, sha256_file
+from harness.transports.base import (
+    AuthenticationError,
+    CommandResult,
+    CommandTimeout,
+    ConnectFailed,
+    HostKeyError,
+    Transport,
+    TransportError,
+    sha256_file,
+)
 from harness.transports.commands import file_hash, posix_quote, powershell
 
 log = logging.getLogger(__name__)
@@ -28,6 +37,20 @@ def _paramiko() -> Any:
     except ImportError:
         raise TransportError("paramiko is not installed: run `make setup` (pip install paramiko)") from None
     return paramiko
+
+
+class _UnknownHostKey(Exception):
+    """Raised by our host-key policies (through paramiko's connect) for a key known_hosts does not have."""
+
+
+def _reject_policy(paramiko: Any) -> Any:
+    """paramiko's RejectPolicy, raising a type of our own (paramiko's own is a bare SSHException)."""
+
+    class Reject(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
+        def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+            raise _UnknownHostKey(hostname)
+
+    return Reject()
 
 
 def _alias_policy(paramiko: Any, known_hosts: Path | None, alias: str, accept_new: bool) -> Any:
@@ -44,7 +67,7 @@ def _alias_policy(paramiko: Any, known_hosts: Path | None, alias: str, accept_ne
                     raise paramiko.BadHostKeyException(alias, key, entry[key.get_name()])
                 return
             if not accept_new or known_hosts is None:
-                raise paramiko.SSHException(f"Server {alias!r} not found in known_hosts")
+                raise _UnknownHostKey(alias)
             keys.add(alias, key.get_name(), key)
             keys.save(str(known_hosts))
 
@@ -89,7 +112,7 @@ class SshTransport(Transport):
         else:
             if known_hosts is not None and known_hosts.is_file():
                 client.load_host_keys(str(known_hosts))
-            client.set_missing_host_key_policy(paramiko.AutoAddPolicy() if accept_new_host_key else paramiko.RejectPolicy())
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy() if accept_new_host_key else _reject_policy(paramiko))
         last: Exception | None = None
         for attempt in range(attempts):
             try:
@@ -108,17 +131,15 @@ class SshTransport(Transport):
                 break
             except paramiko.BadHostKeyException:
                 raise HostKeyError(f"ssh {self.where}: the host key does not match known_hosts (possible impersonation)") from None
+            except _UnknownHostKey:
+                raise HostKeyError(f"ssh {self.where}: unknown host key (add it to known_hosts, or set accept_new_host_key)") from None
             except paramiko.AuthenticationException:
                 raise AuthenticationError(f"ssh {self.where}: the credentials were rejected") from None
-            except paramiko.SSHException as error:
-                if "not found in known_hosts" in str(error):
-                    raise HostKeyError(f"ssh {self.where}: unknown host key (add it to known_hosts, or set accept_new_host_key)") from None
-                last = error
-            except (TimeoutError, OSError) as error:
+            except (paramiko.SSHException, TimeoutError, OSError, EOFError) as error:
                 last = error
             time.sleep(min(2.0**attempt, 5.0))
         else:
-            raise TransportError(f"ssh {self.where}: cannot connect: {self._mask(str(last))}")
+            raise ConnectFailed(f"ssh {self.where}: cannot connect: {self._mask(str(last))}")
         if accept_new_host_key and known_hosts is not None and host_key_alias is None:
             client.save_host_keys(str(known_hosts))
         self._client = client
@@ -131,16 +152,21 @@ class SshTransport(Transport):
 
     def run(self, command: str, timeout: float) -> CommandResult:
         started = time.monotonic()
+        channel = None
         try:
-            channel = self._client.get_transport().open_session()
+            channel = self._client.get_transport().open_session(timeout=timeout)
             channel.settimeout(timeout)
             channel.exec_command(command)
             stdout = channel.makefile("rb").read()
             stderr = channel.makefile_stderr("rb").read()
             code = channel.recv_exit_status()
-            channel.close()
-        except (TimeoutError, OSError, EOFError) as error:
-            raise TransportError(f"ssh {self.where}: command failed: {self._mask(str(error)) or type(error).__name__}") from None
+        except TimeoutError:
+            raise CommandTimeout(f"ssh {self.where}: the command did not finish within {timeout:g}s") from None
+        except (OSError, EOFError) as error:
+            raise ConnectFailed(f"ssh {self.where}: command failed: {self._mask(str(error)) or type(error).__name__}") from None
+        finally:
+            if channel is not None:
+                channel.close()
         return CommandResult(code, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace"), time.monotonic() - started)
 
     def open_tcp(self, port: int, timeout: float) -> Any:
@@ -168,7 +194,9 @@ class SshTransport(Transport):
                 sftp.get(remote, str(local))
             finally:
                 sftp.close()
-        except (TimeoutError, OSError, EOFError) as error:
+        except TimeoutError:
+            raise CommandTimeout(f"ssh {self.where}: the download of {remote} did not finish within {timeout:g}s") from None
+        except (OSError, EOFError) as error:
             raise TransportError(f"ssh {self.where}: download of {remote} failed: {self._mask(str(error))}") from None
         expected, actual = self._remote_hash(remote, timeout), sha256_file(local)
         if actual != expected:
@@ -184,7 +212,9 @@ class SshTransport(Transport):
                 sftp.put(str(local), remote)
             finally:
                 sftp.close()
-        except (TimeoutError, OSError, EOFError) as error:
+        except TimeoutError:
+            raise CommandTimeout(f"ssh {self.where}: the upload of {local.name} did not finish within {timeout:g}s") from None
+        except (OSError, EOFError) as error:
             raise TransportError(f"ssh {self.where}: upload of {local.name} failed: {self._mask(str(error))}") from None
         actual = self._remote_hash(remote, timeout)
         if actual != expected:

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harness.secrets import Secret
-from harness.transports.base import AuthenticationError, CommandResult, Transport, TransportError, sha256_file
+from harness.transports.base import (
+    AuthenticationError,
+    CommandResult,
+    CommandTimeout,
+    ConnectFailed,
+    Transport,
+    TransportError,
+    sha256_file,
+)
 from harness.transports.commands import file_hash, powershell, read_chunk, write_chunk
 
 log = logging.getLogger(__name__)
@@ -32,6 +40,14 @@ def _winrm() -> Any:
     except ImportError:
         raise TransportError("pywinrm is not installed: run `make setup` (pip install pywinrm)") from None
     return winrm
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    """What pywinrm lets through when the connection fails: its own errors, requests' and the socket's."""
+    import requests.exceptions
+
+    errors = _winrm().exceptions
+    return (errors.WinRMTransportError, errors.WinRMError, requests.exceptions.RequestException, OSError)
 
 
 class WinRmTransport(Transport):
@@ -72,21 +88,16 @@ class WinRmTransport(Transport):
     def _call(self, function: Any, *args: Any) -> Any:
         """One protocol call, retried on connection loss (reopening the shell), errors mapped."""
         errors = self._winrm.exceptions
-        last: Exception | None = None
+        last: BaseException | None = None
         for attempt in range(self._attempts):
             try:
                 return function(*args)
             except errors.InvalidCredentialsError:
                 raise AuthenticationError(f"winrm {self.where}: the credentials were rejected") from None
-            except (errors.WinRMTransportError, errors.WinRMError, OSError) as error:
+            except _connection_errors() as error:
                 last = error
-            except Exception as error:  # requests' connection errors
-                if type(error).__module__.startswith(("requests", "urllib3")):
-                    last = error
-                else:
-                    raise
             time.sleep(min(2.0**attempt, 5.0))
-        raise TransportError(f"winrm {self.where}: {self._password.mask(str(last))}")
+        raise ConnectFailed(f"winrm {self.where}: {self._password.mask(str(last))}")
 
     def run(self, command: str, timeout: float) -> CommandResult:
         started = time.monotonic()
@@ -103,7 +114,7 @@ class WinRmTransport(Transport):
                 if done:
                     break
                 if time.monotonic() - started > timeout:
-                    raise TransportError(f"winrm {self.where}: command did not finish within {timeout:g}s")
+                    raise CommandTimeout(f"winrm {self.where}: command did not finish within {timeout:g}s")
         finally:
             try:
                 self._protocol.cleanup_command(self._shell, command_id)
@@ -118,7 +129,7 @@ class WinRmTransport(Transport):
         for offset in range(0, max(len(data), 1), CHUNK):
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TransportError(f"winrm {self.where}: upload of {local.name} did not finish within {timeout:g}s")
+                raise CommandTimeout(f"winrm {self.where}: upload of {local.name} did not finish within {timeout:g}s")
             result = self.run(powershell(write_chunk(remote, data[offset : offset + CHUNK], first=offset == 0)), left)
             if not result.ok:
                 raise TransportError(f"winrm {self.where}: writing {remote} failed: {result.stderr.strip()[:300]}")
@@ -134,7 +145,7 @@ class WinRmTransport(Transport):
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TransportError(f"winrm {self.where}: download of {remote} did not finish within {timeout:g}s")
+                raise CommandTimeout(f"winrm {self.where}: download of {remote} did not finish within {timeout:g}s")
             result = self.run(powershell(read_chunk(remote, len(data), READ_CHUNK)), left)
             if not result.ok:
                 raise TransportError(f"winrm {self.where}: reading {remote} failed: {result.stderr.strip()[:300]}")

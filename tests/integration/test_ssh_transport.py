@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.errors import GuestHung
 from harness.guests.libvirt_vm.host import free_port
 from harness.secrets import Secret
-from harness.transports.base import AuthenticationError, HostKeyError
+from harness.transports.base import AuthenticationError, CommandTimeout, HostKeyError, TransportError
 from harness.transports.ssh import SshTransport
 from tests.integration.conftest import running_sshd
 
@@ -153,3 +154,10 @@ def test_download_is_verified(sshd: Sshd, tmp_path: Path) -> None:
     with connect(sshd) as transport:
         transport.download(str(remote), local, 30)
     assert local.read_bytes() == remote.read_bytes()
+
+
+def test_a_command_that_outlasts_its_timeout_is_a_hang_not_a_broken_transport(sshd: Sshd) -> None:
+    # A stuck `sc start` must end the step as hung (by exception type, whatever the transport's words).
+    with connect(sshd) as transport, pytest.raises(CommandTimeout) as caught:
+        transport.run("sleep 30", 1)
+    assert isinstance(caught.value, GuestHung) and isinstance(caught.value, TransportError)

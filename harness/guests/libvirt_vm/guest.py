@@ -24,7 +24,7 @@ from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
-from harness.errors import ConfigError, GuestError, GuestHung
+from harness.errors import ConfigError, GuestError
 from harness.guests.base import ControlResult, CrashEvidence, DriverInstall, Guest
 from harness.guests.libvirt_vm.config import HarnessConfig
 from harness.guests.libvirt_vm.domain_xml import DomainSpec, PortForward
@@ -306,12 +306,7 @@ class LibvirtGuest(Guest):
     def _run(self, script: str, timeout: float) -> tuple[int, str]:
         if self.transport is None:
             raise GuestError("the VM guest is not started")
-        try:
-            result = self.transport.run(powershell(script), timeout)
-        except TransportError as error:
-            if "did not finish" in str(error):
-                raise GuestHung(str(error)) from None
-            raise
+        result = self.transport.run(powershell(script), timeout)  # CommandTimeout is a GuestHung: a stuck command is a hang
         return result.exit_code, result.stdout + result.stderr
 
     def install(self, driver: DriverInstall, timeout: float) -> None:
