@@ -157,3 +157,12 @@ def test_image_build_help_and_missing_iso() -> None:
     process = harness("image", "build")
     out, err = process.communicate(timeout=60)
     assert process.returncode == 2 and err.count("\n") == 1 and "no installer ISO" in err and "Traceback" not in err
+
+
+def test_a_scenario_with_a_nul_byte_is_exit_2_with_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "nul.yaml"
+    bad.write_bytes((DATA / "malformed" / "bad-count.yaml").read_bytes().replace(b"steps:", b"st\0eps:"))
+    process = harness("run", str(bad), "--out", str(tmp_path / "out"))
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 2, out + err
+    assert err.startswith(f"error: {bad}:") and err.count("\n") == 1 and "Traceback" not in out + err

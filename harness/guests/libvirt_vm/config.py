@@ -12,9 +12,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from harness.durations import parse_duration
-from harness.errors import ConfigError, ConfigFileError
+from harness.errors import ConfigFileError
 from harness.secrets import Secret, load_secret
-from harness.yamlfile import parse_yaml, validate
+from harness.yamlfile import parse_yaml, read_text, validate
 
 Duration = Annotated[float, Field(ge=0)]
 
@@ -129,11 +129,7 @@ def load_config(path: Path) -> HarnessConfig:
         ConfigError: the file is missing.
         ConfigFileError: a field is wrong (file:line: field: message).
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read the configuration: {error.strerror}") from None
-    data, lines = parse_yaml(text, path, ConfigFileError)
+    data, lines = parse_yaml(read_text(path, ConfigFileError), path, ConfigFileError)
     if not isinstance(data, dict):
         raise ConfigFileError(path, 1, "", "expected a mapping with vm: and transport:")
     config = validate(HarnessConfig, data, lines, path, ConfigFileError)
