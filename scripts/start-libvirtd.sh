@@ -18,8 +18,17 @@ mkdir -p /run/libvirt /var/log/libvirt/qemu
 if id tss >/dev/null 2>&1 && [ -d /var/lib/swtpm-localca ]; then
   chown -R tss:root /var/lib/swtpm-localca
 fi
+# Whatever this script started is stopped again unless libvirtd ends up answering.
+started_virtlogd=""
+cleanup() {
+  if [ -n "$started_virtlogd" ] && [ -s /run/virtlogd.pid ]; then
+    kill "$(cat /run/virtlogd.pid)" 2>/dev/null || true
+  fi
+}
+trap cleanup EXIT
 if ! pgrep -x virtlogd >/dev/null; then
   virtlogd -d
+  started_virtlogd=yes
   echo "started virtlogd"
 fi
 
@@ -31,13 +40,15 @@ if [ -e /dev/kvm ] && ! grep -qwE 'vmx|svm' /proc/cpuinfo; then
     mount -t tmpfs -o mode=755 tmpfs '$state/dev' &&
     cp -a /dev/. '$state/dev/' 2>/dev/null; rm -f '$state/dev/kvm';
     for m in pts shm mqueue hugepages; do mountpoint -q /dev/\$m && mount --rbind /dev/\$m '$state/dev/'\$m; done;
-    mount --rbind '$state/dev' /dev && mount --bind '$state/qemu.conf' /etc/libvirt/qemu.conf && exec libvirtd -d"
+    mount --rbind '$state/dev' /dev && mount --bind '$state/qemu.conf' /etc/libvirt/qemu.conf && exec libvirtd -d" ||
+    { echo "libvirtd did not come up (it failed to start)" >&2; exit 1; }
 else
-  libvirtd -d
+  libvirtd -d || { echo "libvirtd did not come up (it failed to start)" >&2; exit 1; }
 fi
 for _ in $(seq 1 100); do
   if virsh -c qemu:///system version >/dev/null 2>&1; then
     echo "started libvirtd"
+    started_virtlogd=""  # it stays: libvirtd uses it
     exit 0
   fi
   sleep 0.2
