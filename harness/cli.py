@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from harness.config import Settings, project_root
+from harness.config import Settings, default_state_dir, project_root
 from harness.errors import ConfigError, GuestError, HarnessError, ScenarioError
 from harness.guests import GUESTS, GuestFactory, guest_factory
 from harness.reports import write_reports
@@ -154,7 +154,7 @@ def image_build_command(args: argparse.Namespace) -> int:
     password = load_secret(args.password_env, None, "Administrator password")
     request = BuildRequest(
         iso=args.iso, out=args.out, options=options, password=password, uri=args.uri, disk_size=args.disk_size,
-        memory_mib=args.memory_mib, vcpus=args.vcpus, timeout=timeout, work_dir=project_root() / "build" / "image",
+        memory_mib=args.memory_mib, vcpus=args.vcpus, timeout=timeout, work_dir=default_state_dir() / "image",
     )  # fmt: skip
     manifest = build_image(request)
     print(f"built {args.out} (Windows build {manifest.windows_build}, sha256 {manifest.sha256})")

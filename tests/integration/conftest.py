@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import Settings, project_root
+from harness.config import Settings, default_state_dir, project_root
 from harness.guests import GuestFactory, guest_factory
 from harness.guests.wine.prefix import GuestFiles, WinePrefix, WineTools
 
@@ -65,8 +65,8 @@ def libvirt_uri() -> Iterator[str]:
 
 @pytest.fixture
 def vm_dir() -> Iterator[Path]:
-    """A work folder QEMU (running as libvirt-qemu) can reach: pytest's tmp_path is private to root."""
-    folder = ROOT / "build" / "test-vms" / uuid.uuid4().hex[:8]
+    """A work folder QEMU (running as libvirt-qemu) can reach, wherever the project lives (pytest's tmp_path is private)."""
+    folder = default_state_dir() / "test-vms" / uuid.uuid4().hex[:8]
     folder.mkdir(parents=True)
     yield folder
     shutil.rmtree(folder, ignore_errors=True)

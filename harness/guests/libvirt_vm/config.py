@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from harness.config import default_state_dir
 from harness.durations import parse_duration
 from harness.errors import ConfigFileError
 from harness.secrets import Secret, load_secret
@@ -35,7 +36,9 @@ class VmSettings(_Strict):
     firmware: Literal["uefi", "bios"] = "uefi"
     ovmf_code: Path = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
     ovmf_vars: Path = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
-    work_dir: Path = Path("build/vm")
+    # Overlays, saved states, serial sockets and logs of each run: somewhere QEMU (its own user) can reach, never
+    # under the project (a clone in /root is closed to it). Default: the state folder's vm/ (KCB_STATE_DIR).
+    work_dir: Path | None = None
     text_serial: bool = True
     hyperv: bool = True
     # true: Windows writes its crash dump and restarts, and the harness pulls the dump (crash seen over KD and
@@ -45,6 +48,11 @@ class VmSettings(_Strict):
     dump_timeout: float = 900.0  # seconds for a crashed guest to write its dump, restart and answer again
     ready_timeout: float = 900.0
     watchdog: float = 300.0  # seconds of serial silence with no CPU progress before a scenario is "hung"
+
+    @property
+    def vm_dir(self) -> Path:
+        """Where each run's VM files go: ``work_dir``, else the state folder's vm/."""
+        return self.work_dir or default_state_dir() / "vm"
 
     @field_validator("ready_timeout", "watchdog", "dump_timeout", mode="before")
     @classmethod
@@ -135,5 +143,5 @@ def load_config(path: Path) -> HarnessConfig:
     config = validate(HarnessConfig, data, lines, path, ConfigFileError)
     base = path.parent.resolve()
     paths = ("image", "work_dir", "ovmf_code", "ovmf_vars")
-    vm = config.vm.model_copy(update={name: base / getattr(config.vm, name) for name in paths})
+    vm = config.vm.model_copy(update={name: base / getattr(config.vm, name) for name in paths if getattr(config.vm, name) is not None})
     return config.model_copy(update={"vm": vm})
