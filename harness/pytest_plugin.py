@@ -11,6 +11,7 @@ report go to ``--kcb-out`` as with the CLI.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,12 +21,13 @@ import pytest
 
 from harness.config import Settings
 from harness.errors import ScenarioError
-from harness.guests import GuestFactory, guest_factory
+from harness.guests import GuestFactory, open_guests
 from harness.reports import write_reports
-from harness.runner import ScenarioResult, run_scenario
+from harness.runner import ScenarioInterrupted, ScenarioResult, run_scenario
 from harness.scenario.loader import SUFFIXES, LoadedScenario, load_scenario
 
 _FACTORY = pytest.StashKey[GuestFactory]()
+_OWNER = pytest.StashKey[contextlib.ExitStack]()
 _RESULTS = pytest.StashKey[list[ScenarioResult]]()
 
 
@@ -47,6 +49,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_RESULTS] = []
+    config.stash[_OWNER] = contextlib.ExitStack()
     config.addinivalue_line("markers", "kcb_scenario: a kcb-harness scenario file run on a guest")
     config.addinivalue_line("markers", "wine: runs real drivers on the embedded Wine guest")
     config.addinivalue_line("markers", "libvirt: runs on the libvirt Windows VM guest")
@@ -79,6 +82,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     results = session.config.stash.get(_RESULTS, [])
     if results:
         write_reports(results, _settings(session.config).out_dir)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Close what the guests opened (a VM session's VM), however the run ended."""
+    owner = config.stash.get(_OWNER, None)
+    if owner is not None:
+        owner.close()
 
 
 class ScenarioFile(pytest.File):
@@ -116,8 +126,12 @@ class ScenarioItem(pytest.Item):
         config = self.config
         settings = _settings(config)
         if _FACTORY not in config.stash:
-            config.stash[_FACTORY] = guest_factory(settings)
-        result = run_scenario(self.loaded, config.stash[_FACTORY], settings.drivers_dir, settings.out_dir)
+            config.stash[_FACTORY] = config.stash[_OWNER].enter_context(open_guests(settings))
+        try:
+            result = run_scenario(self.loaded, config.stash[_FACTORY], settings.drivers_dir, settings.out_dir)
+        except ScenarioInterrupted as interrupted:
+            config.stash[_RESULTS].append(interrupted.result)
+            raise
         config.stash[_RESULTS].append(result)
         self.user_properties.append(("outcome", result.outcome))
         self.user_properties.append(("raw_log", str(result.raw_log)))

@@ -45,6 +45,7 @@ if [ ! -s "$cache" ]; then
   command -v debootstrap >/dev/null || { apt-get -o DPkg::Lock::Timeout=600 update -qq && apt-get -o DPkg::Lock::Timeout=600 install -y -qq debootstrap >/dev/null; }
   echo "fresh-machine-check: debootstrap --variant=minbase bookworm from $mirror (once)" >&2
   staging=$(mktemp -d /var/tmp/kcb-minbase.XXXXXX)
+  chmod 755 "$staging"  # it becomes the chroot's "/": mktemp's 0700 would close everything to non-root users
   debootstrap --variant=minbase --include=make,git,ca-certificates bookworm "$staging" "$mirror" >/dev/null
   mkdir -p "$(dirname "$cache")"
   tar -C "$staging" -cf "$cache.tmp" . && mv "$cache.tmp" "$cache"
@@ -55,6 +56,7 @@ fi
 trap cleanup EXIT
 mkdir -p "$root"
 tar -C "$root" -xf "$cache"
+chmod 755 "$root"
 
 # This workplace's network: its apt sources and CA, and pip's settings (a user's machine has its own).
 cp /etc/apt/sources.list.d/*.sources "$root/etc/apt/sources.list.d/" 2>/dev/null && rm -f "$root/etc/apt/sources.list" || true

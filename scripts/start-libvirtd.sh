@@ -21,12 +21,13 @@ fi
 # Whatever this script started is stopped again unless libvirtd ends up answering.
 started_virtlogd=""
 cleanup() {
-  if [ -n "$started_virtlogd" ] && [ -s /run/virtlogd.pid ]; then
-    kill "$(cat /run/virtlogd.pid)" 2>/dev/null || true
-  fi
+  [ -n "$started_virtlogd" ] || return 0
+  for _ in $(seq 1 50); do [ -s /run/virtlogd.pid ] && break; sleep 0.1; done  # a daemon writes it after forking
+  [ ! -s /run/virtlogd.pid ] || kill "$(cat /run/virtlogd.pid)" 2>/dev/null || true
 }
 trap cleanup EXIT
-if ! pgrep -x virtlogd >/dev/null; then
+# By its socket, not its process name: a virtlogd of another root (a chroot, a container sharing pids) does not count.
+if [ ! -S /run/libvirt/virtlogd-sock ]; then
   virtlogd -d
   started_virtlogd=yes
   echo "started virtlogd"

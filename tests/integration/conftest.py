@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from harness.config import Settings, default_state_dir, project_root
-from harness.guests import GuestFactory, guest_factory
+from harness.guests import GuestFactory, open_guests
 from harness.guests.wine.prefix import GuestFiles, WinePrefix, WineTools
 
 ROOT = project_root()
@@ -29,9 +29,10 @@ def settings() -> Settings:
 
 
 @pytest.fixture(scope="session")
-def wine_factory(settings: Settings) -> GuestFactory:
+def wine_factory(settings: Settings) -> Iterator[GuestFactory]:
     """The real Wine guest; `make test` has built the drivers and installed Wine before pytest starts."""
-    return guest_factory(settings)
+    with open_guests(settings) as factory:
+        yield factory
 
 
 @pytest.fixture(scope="session")
