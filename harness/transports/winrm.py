@@ -37,6 +37,7 @@ from harness.transports.commands import (
     powershell,
     read_chunk,
     stdin_chunk_bytes,
+    stdin_lines,
     upload_script,
 )
 
@@ -175,12 +176,14 @@ class WinRmTransport(Transport):
         deadline = started + timeout
         command_id = self._start(powershell(upload_script(remote)), stdin=True)
         try:
-            chunk = self._stdin_chunk
-            for offset in range(0, max(len(data), 1), chunk):
+            lines = stdin_lines(data, self._stdin_chunk)
+            line: bytes | None = next(lines, b"")  # an empty file: one empty Send that closes stdin
+            while line is not None:
                 if time.monotonic() > deadline:
                     raise CommandTimeout(f"winrm {self.where}: upload of {local.name} did not finish within {timeout:g}s")
-                line = base64.b64encode(data[offset : offset + chunk]) + b"\r\n" if data else b""
-                self._call(self._protocol.send_command_input, self._shell, command_id, line, offset + chunk >= len(data))
+                following = next(lines, None)
+                self._call(self._protocol.send_command_input, self._shell, command_id, line, following is None)
+                line = following
             result = self._finish(command_id, started, deadline)
         finally:
             self._end(command_id)
