@@ -282,7 +282,7 @@ def test_no_command_is_longer_than_windows_accepts(edition: str) -> None:
     deployment = component(root, "specialize", "Microsoft-Windows-Deployment")
     for path in deployment.iter(f"{{{UNATTEND_NS}}}Path"):
         assert len(path.text or "") <= DEPLOYMENT_PATH_LIMIT
-    # Every line of the script, and so every command it runs, within cmd.exe's limit (PowerShell would take more,
-    # CreateProcess 32767; the smallest limit keeps any command safe however it is started).
+    # Every line of the script, and so every command it runs, within cmd.exe's limit (the smallest documented one,
+    # which keeps any command safe however it is started).
     for line in lines(first_logon_script(options)):
         assert len(line) <= CMD_LIMIT, line[:80]
