@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 from harness.errors import ConfigError, GuestError, HarnessError
 from harness.guests.libvirt_vm.domain_xml import DomainSpec
@@ -42,7 +43,7 @@ COMMON_SETTINGS = ("upload-folder", "device-encryption-off", "testsigning", "ker
 TRANSPORT_SETTINGS = {"winrm": ("winrm", "winrm-firewall"), "ssh": ("openssh", "ssh-firewall")}
 
 
-def required_settings(transport: str = "winrm") -> tuple[str, ...]:
+def required_settings(transport: Literal["winrm", "ssh"] = "winrm") -> tuple[str, ...]:
     """The verified settings an image must have for the harness to use it over ``transport``."""
     return TRANSPORT_SETTINGS[transport] + COMMON_SETTINGS
 
@@ -99,7 +100,7 @@ def manifest_path(image: Path) -> Path:
     return image.with_name(image.name + ".manifest.json")
 
 
-def check_manifest(image: Path, host: VmHost | None = None, transport: str = "winrm") -> Manifest | None:
+def check_manifest(image: Path, host: VmHost | None = None, transport: Literal["winrm", "ssh"] = "winrm") -> Manifest | None:
     """The image's manifest after checking it still describes the file (None when there is none).
 
     ``host``: the machine the image is on (default: this one); ``transport``: how the harness will talk to it.
