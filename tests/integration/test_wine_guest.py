@@ -98,3 +98,12 @@ def test_a_driver_entry_that_never_returns_is_a_hang(wine_factory: GuestFactory,
     assert result.outcome == "hung", result.message
     assert result.steps[0].state == "hung" and "did not answer 'start kcbStall'" in result.message
     assert "[stall] DriverEntry stalls for 600000 ms." in result.raw_log.read_text()
+
+
+def test_notifying_a_system_defined_object_is_warned_about(wine_factory: GuestFactory, settings: Settings, tmp_path: Path) -> None:
+    """ExNotifyCallback's documentation forbids it; Windows still calls the routines, and so does the shim, with a warning."""
+    result = run(DATA / "failing" / "notify-system-object.yaml", wine_factory, settings.drivers_dir, tmp_path)
+    assert result.outcome == "failed", result.message
+    assert result.steps[1].state == "passed"  # the routine registered on \Callback\PowerState was called once
+    assert result.steps[2].state == "failed" and "kcb-shim: warning: ExNotifyCallback" in result.message
+    assert "kcb-shim: warning: ExNotifyCallback on the system-defined callback object \\Callback\\PowerState" in result.raw_log.read_text()

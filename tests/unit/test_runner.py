@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -203,3 +203,31 @@ def test_a_crash_that_breaks_the_transport_is_crashed_and_its_dump_is_collected(
     assert result.message.startswith("the guest crashed: bugcheck 0x000000D1") and "connection reset" in result.message
     assert guests[0].collected == [result.run_dir / "crash"] and guests[0].stopped
     assert result.crash_evidence.files == (result.run_dir / "crash" / "MINI.dmp",)
+
+
+def test_an_image_the_guest_refuses_ends_the_scenario_before_the_guest_starts(tmp_path: Path) -> None:
+    class Refusing(ScriptedGuest):
+        def check_images(self, images: Sequence[Path]) -> list[str]:
+            self.checked = list(images)
+            return [f"{image.name} imports functions the guest does not implement: ntoskrnl.exe!KeFoo" for image in images]
+
+    guests: list[Refusing] = []
+    drivers = tmp_path / "drivers"
+    drivers.mkdir()
+    (drivers / "sender.sys").write_bytes(b"MZ")
+    (tmp_path / "case.yaml").write_text(SCENARIO)
+
+    def factory(timeline: Timeline, run_dir: Path) -> Guest:
+        guests.append(Refusing(timeline, run_dir, succeed))
+        return guests[-1]
+
+    result = run_scenario(load_scenario(tmp_path / "case.yaml"), factory, drivers, tmp_path / "out")
+    assert result.outcome == "error"
+    assert result.message == "sender.sys imports functions the guest does not implement: ntoskrnl.exe!KeFoo"
+    assert guests[0].checked == [drivers / "sender.sys"]
+    assert not guests[0].started and not guests[0].installed and not guests[0].stopped
+    assert [s.state for s in result.steps] == ["skipped", "skipped", "skipped"]
+
+
+def test_every_guest_runs_every_image_unless_it_says_otherwise(tmp_path: Path) -> None:
+    assert ScriptedGuest(Timeline(), tmp_path, succeed).check_images([tmp_path / "any.sys"]) == []

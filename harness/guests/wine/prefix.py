@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import GuestError
+from harness.guests.wine.exports import KernelInventory, load_inventory
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ ANCHOR_SERVICE = "kcbanchor"
 GUEST_DIR = "C:\\kcb"
 
 _WINE_CANDIDATES = ("/usr/lib/wine/wine64", "/usr/bin/wine64", "/usr/lib/wine/wine")
+#: Where Wine keeps its x86-64 builtin PE modules, relative to the loader (Debian's layout first, then upstream's).
+_DLL_DIRS = ("../x86_64-linux-gnu/wine/x86_64-windows", "../lib/wine/x86_64-windows", "../lib64/wine/x86_64-windows", "x86_64-windows")
 _AEDEBUG = r"HKLM\Software\Microsoft\Windows NT\CurrentVersion\AeDebug"
 #: Bump when ensure() changes what it does to a prefix, so existing prefixes get it again.
 RECIPE = 2
@@ -61,6 +64,18 @@ class WineTools:
                 if server.is_file():
                     return cls(wine=wine, wineserver=server)
         raise GuestError("Wine is not installed (need wine64 and wineserver): run `make setup`, or apt-get install wine wine64")
+
+    def dll_dir(self) -> Path:
+        """The folder of Wine's x86-64 builtin modules (ntoskrnl.exe, hal.dll, the *.sys).
+
+        Raises:
+            GuestError: not found next to the loader.
+        """
+        for relative in _DLL_DIRS:
+            folder = (self.wine.parent / relative).resolve()
+            if (folder / "ntoskrnl.exe").is_file():
+                return folder
+        raise GuestError(f"cannot find Wine's x86_64-windows modules next to {self.wine}: run `make setup`, or apt-get install libwine")
 
 
 @dataclass(frozen=True)
@@ -104,6 +119,18 @@ class WinePrefix:
         self.root = root
         self.tools = tools
         self.files = files
+        self._inventory: KernelInventory | None = None
+
+    def kernel_inventory(self) -> KernelInventory:
+        """What the guest's kernel implements (computed once per build and Wine, cached in the build folder).
+
+        Raises:
+            GuestError: Wine's modules cannot be found.
+        """
+        if self._inventory is None:
+            cache = self.files.ntoskrnl.parent / "kernel-exports.json"
+            self._inventory = load_inventory(cache, self.files.ntoskrnl, self.files.ntoskwine, self.tools.dll_dir(), self.tools.wine)
+        return self._inventory
 
     @property
     def guest_dir(self) -> Path:
