@@ -251,10 +251,11 @@ class SerialReader(ABC):
 
 
 class TextSerialReader(SerialReader):
-    """A port that carries plain text (a second COM port, a Linux guest's console): one LogLine per line."""
+    """A port that carries plain text (a second COM port, a Linux guest's console): one LogLine per line, from ``source``."""
 
-    def __init__(self, endpoint: Endpoint, timeline: Timeline, raw_path: Path, reconnect: bool = True) -> None:
+    def __init__(self, endpoint: Endpoint, timeline: Timeline, raw_path: Path, reconnect: bool = True, source: str = "serial") -> None:
         super().__init__(endpoint, timeline, raw_path, reconnect)
+        self.source = source
         self._partial = bytearray()
 
     def feed(self, data: bytes) -> bytes:
@@ -262,7 +263,7 @@ class TextSerialReader(SerialReader):
         while (newline := self._partial.find(b"\n")) >= 0:
             line = self._partial[:newline].rstrip(b"\r").decode("utf-8", "replace")
             del self._partial[: newline + 1]
-            self.timeline.append(LogLine(t=self.timeline.now(), text=line))
+            self.timeline.append(LogLine(t=self.timeline.now(), text=line, source=self.source))
         return b""
 
     def on_connect(self) -> None:
@@ -273,7 +274,7 @@ class TextSerialReader(SerialReader):
 
     def _flush(self) -> None:
         if self._partial:
-            self.timeline.append(LogLine(t=self.timeline.now(), text=self._partial.decode("utf-8", "replace")))
+            self.timeline.append(LogLine(t=self.timeline.now(), text=self._partial.decode("utf-8", "replace"), source=self.source))
             self._partial.clear()
 
 

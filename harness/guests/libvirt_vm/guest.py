@@ -249,7 +249,9 @@ class LibvirtGuest(Guest):
         kd = KdSerialReader(self.session.serial_endpoint(spec.com1), self.timeline, self.raw_log)
         self.readers.append(kd)
         if spec.com2 is not None:
-            self.readers.append(TextSerialReader(self.session.serial_endpoint(spec.com2), self.timeline, self.run_dir / "com2.log"))
+            self.readers.append(
+                TextSerialReader(self.session.serial_endpoint(spec.com2), self.timeline, self.run_dir / "com2.log", source="com2")
+            )
         for reader in self.readers:
             reader.start()
             if not reader.wait_connected(1, timeout=30):
