@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 #: Where a line came from: the kernel debug log (DbgPrint), or another source (a serial console, a program's output).
 KERNEL = "kernel"
 
