@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import threading
@@ -27,7 +26,7 @@ from harness.errors import GuestError, GuestHung
 from harness.guests.base import ControlResult, DriverInstall, Guest
 from harness.guests.wine.imagecheck import refusal
 from harness.guests.wine.log import parse_line
-from harness.guests.wine.prefix import ANCHOR_SERVICE, GUEST_DIR, SERVICE_GROUP, WinePrefix
+from harness.guests.wine.prefix import ANCHOR_SERVICE, GUEST_DIR, SERVICE_GROUP, WinePrefix, install_file
 from harness.kernel.events import DriverStatus, Event, GuestCrash
 from harness.timeline import Timeline
 
@@ -162,7 +161,7 @@ class WineGuest(Guest):
         # One file per service: the same image under two services must be two modules.
         target = self.prefix.guest_dir / f"{driver.service}.sys"
         try:
-            shutil.copyfile(driver.image, target)
+            install_file(driver.image, target)
         except OSError as error:
             raise GuestError(f"cannot copy {driver.image} into the guest: {error}") from None
         self._install_service(driver.service, f"{GUEST_DIR}\\{driver.service}.sys", driver.parameters, timeout)
