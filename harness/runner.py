@@ -71,10 +71,17 @@ class ScenarioResult:
     context: list[LogLine] = field(default_factory=list)
     raw_log_file: Path | None = None  # the guest's raw kernel log, as the guest names it
     crash_evidence: CrashEvidence = field(default_factory=CrashEvidence)  # dumps pulled after a crash
+    image: str | None = None  # the VM image it ran on, in an image matrix
+    build: str | None = None  # the driver build it ran with, when several are compared
 
     @property
     def passed(self) -> bool:
         return self.outcome == "passed"
+
+    @property
+    def key(self) -> str:
+        """The scenario's id with the image and build it ran with: unique within one suite."""
+        return "@".join(part for part in (self.id, self.image, self.build) if part)
 
     @property
     def raw_log(self) -> Path:
@@ -226,6 +233,60 @@ class ScenarioRun:
         raise _StepFailed("failed", verdict.message, context)
 
 
+@dataclass
+class SetUp:
+    """A scenario ready to run: its timeline, folder, result record and configured (not yet started) guest.
+
+    ``guest`` is None when the scenario ended before any guest was needed (``result`` says why).
+    """
+
+    loaded: LoadedScenario
+    timeline: Timeline
+    result: ScenarioResult
+    images: dict[str, Path]
+    guest: Guest | None
+
+
+def set_up(loaded: LoadedScenario, factory: GuestFactory, drivers_dir: Path, run_dir: Path) -> SetUp:
+    """Everything before the guest starts: the result record, image checks, the guest made and configured.
+
+    A warm pool calls this for the next scenario and starts the guest early; ``run_set_up`` runs it.
+    """
+    scenario = loaded.scenario
+    timeline = Timeline()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result = ScenarioResult(id=loaded.id, name=scenario.name, path=loaded.path, guest="", run_dir=run_dir)
+    for index, step in enumerate(scenario.steps):
+        kind, description = describe_step(step)
+        result.steps.append(StepResult(index=index, line=loaded.step_lines[index], kind=kind, description=description))
+    images = {name: drivers_dir / spec.image for name, spec in scenario.drivers.items()}
+    done = SetUp(loaded, timeline, result, images, None)
+    missing = [f"{path.name} (driver {name})" for name, path in images.items() if not path.is_file()]
+    if missing:
+        result.outcome = "error"
+        result.message = f"driver image not found in {drivers_dir}: {', '.join(missing)}"
+        return done
+    guest = factory(timeline, run_dir)
+    result.guest = guest.name
+    result.raw_log_file = guest.raw_log
+    refused = guest.check_images(list(images.values()))
+    if refused:
+        # Before the guest starts: nothing is loaded, no session is opened.
+        result.outcome = "error"
+        result.message = " | ".join(refused)
+        return done
+    if scenario.verifier is not None:
+        if not guest.supports_verifier:
+            result.outcome = "error"
+            result.message = "Driver Verifier (verifier:) needs the Windows VM guest (--guest libvirt)"
+            result.message += f"; the {guest.name} guest has no such kernel feature"
+            return done
+        setting: str | int = scenario.verifier if isinstance(scenario.verifier, str) else scenario.verifier.flags
+        guest.verifier = (setting, tuple(f"{spec.service}.sys" for spec in scenario.drivers.values()))
+    done.guest = guest
+    return done
+
+
 def run_scenario(
     loaded: LoadedScenario,
     factory: GuestFactory,
@@ -238,40 +299,20 @@ def run_scenario(
     Raises:
         ScenarioInterrupted: Ctrl-C or SIGTERM, after the guest was torn down (with the result so far).
     """
-    scenario = loaded.scenario
-    timeline = Timeline()
-    run_dir = out_dir / "scenarios" / loaded.id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    result = ScenarioResult(id=loaded.id, name=scenario.name, path=loaded.path, guest="", run_dir=run_dir)
-    for index, step in enumerate(scenario.steps):
-        kind, description = describe_step(step)
-        result.steps.append(StepResult(index=index, line=loaded.step_lines[index], kind=kind, description=description))
+    return run_set_up(set_up(loaded, factory, drivers_dir, out_dir / "scenarios" / loaded.id), progress)
 
-    images = {name: drivers_dir / spec.image for name, spec in scenario.drivers.items()}
-    missing = [f"{path.name} (driver {name})" for name, path in images.items() if not path.is_file()]
-    if missing:
-        result.outcome = "error"
-        result.message = f"driver image not found in {drivers_dir}: {', '.join(missing)}"
-        return result
 
-    guest = factory(timeline, run_dir)
-    result.guest = guest.name
-    result.raw_log_file = guest.raw_log
-    refused = guest.check_images(list(images.values()))
-    if refused:
-        # Before the guest starts: nothing is loaded, no session is opened.
-        result.outcome = "error"
-        result.message = " | ".join(refused)
+def run_set_up(prepared: SetUp, progress: Callable[[str], None] | None = None) -> ScenarioResult:
+    """Run a set-up scenario on its guest (started early, or now) and tear the guest down on every path.
+
+    Raises:
+        ScenarioInterrupted: Ctrl-C, SIGTERM or a cancelled timeline, after the guest was torn down.
+    """
+    guest, result, timeline, images = prepared.guest, prepared.result, prepared.timeline, prepared.images
+    if guest is None:
         return result
-    if scenario.verifier is not None:
-        if not guest.supports_verifier:
-            result.outcome = "error"
-            result.message = "Driver Verifier (verifier:) needs the Windows VM guest (--guest libvirt)"
-            result.message += f"; the {guest.name} guest has no such kernel feature"
-            return result
-        setting: str | int = scenario.verifier if isinstance(scenario.verifier, str) else scenario.verifier.flags
-        guest.verifier = (setting, tuple(f"{spec.service}.sys" for spec in scenario.drivers.values()))
-    run = ScenarioRun(loaded, guest, timeline)
+    run_dir = result.run_dir
+    run = ScenarioRun(prepared.loaded, guest, timeline)
     interrupted = False
     try:
         with guest:

@@ -11,6 +11,7 @@ lives exactly as long as the scenario.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -206,13 +207,18 @@ class WineGuest(Guest):
             try:
                 line = self._replies.get(timeout=0.05)
             except queue.Empty:
+                self.timeline.check_cancelled()
                 if self._crashed_since(started):
                     return False, None, "the guest crashed"
                 if self.timeline.now() > deadline:
                     raise GuestHung(f"the Wine guest did not answer '{what}' within {timeout:g}s") from None
                 continue
             if line is None:
-                raise GuestError(f"the Wine guest agent exited during '{what}'")
+                code = None
+                if self._agent is not None:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        code = self._agent.wait(timeout=2)
+                raise GuestError(f"the Wine guest agent exited (exit status {code}) during '{what}'; its stderr is in {self.raw_log}")
             return parse_reply(line)
 
     def _crashed_since(self, t: float) -> bool:
