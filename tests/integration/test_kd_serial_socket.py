@@ -78,7 +78,7 @@ def test_reader_decodes_and_acknowledges_over_a_unix_socket(tmp_path: Path) -> N
     assert texts.count(NOTIFY) == 3 and texts[-1] == "[sysRecv1] Drvier unloaded."
     kinds = [event.kind for event in timeline.events() if isinstance(event, DebugEvent)]
     assert "module" in kinds and "state-change" in kinds
-    assert target.log.continues == [0x00010002, 0x00010002]  # module load and breakpoint both continued
+    assert target.log.statuses == [0x00010002, 0x00010002]  # module load and breakpoint both continued
     assert (tmp_path / "kd-raw.log").stat().st_size > 0
 
 
