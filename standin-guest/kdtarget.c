@@ -26,8 +26,8 @@
  *            stops at a breakpoint, asks a prompt and ends with the bugcheck
  *            sequence; its tally goes to the report port (argv[2]) as text.
  *   kdticks  boots and prints "kdticks: line N" every TICKS_PER_LINE ticks forever,
- *            reporting on argv[2] when it gives up on the debugger and when a
- *            break-in brings it back.
+ *            reporting on argv[2] when it gives up on the debugger, each line it
+ *            then drops, and when a break-in brings it back.
  *
  * usage: kdtarget /dev/ttyS0 /dev/ttyS1 [kd [notify-count] | kdticks]
  */
@@ -430,6 +430,8 @@ static void ticks(void)
         kd_print(line);
         if (was_present && !present)
             say("kdtarget: debugger not present: gave up at line %u\n", n);
+        else if (!was_present)
+            say("kdtarget: dropped line %u\n", n);
         for (int tick = 0; tick < TICKS_PER_LINE; tick++) {
             sleep_seconds(TICK);
             if (poll_breakin()) {
