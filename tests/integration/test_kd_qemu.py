@@ -79,7 +79,11 @@ def test_kd_over_a_real_qemu_serial_port(qemu_kd: tuple[subprocess.Popen[bytes],
     # Breakpoints and the module load continued as handled, with the symbol range left unchanged (Continue2 start 1);
     # the debugger was there all along: nothing given up, dropped or skipped.
     assert (fields["not_handled"], fields["symbol_start"], fields["gave_up"], fields["dropped"], fields["skipped"]) == (
-        "0", "0x1", "0", "0", "0"
+        "0",
+        "0x1",
+        "0",
+        "0",
+        "0",
     ), tally
     # ACKs come back at once: at most a stray packet (on a loaded 2-core machine) waited for the 0.5 s byte timeout.
     assert int(fields["retries"]) <= 2
