@@ -80,6 +80,7 @@ static uint32_t remote_id = INITIAL_ID;
 static int present = 1, breakin_pending = 0, in_breakin = 0;
 static unsigned acks, resends, resets, continues, not_handled, retries, breakins, gave_up, dropped, skipped, discarded;
 static uint64_t symbol_start = 0;
+static unsigned line_no; /* kdticks: the last line printed (or dropped) */
 static char prompt_reply[64];
 
 struct packet {
@@ -336,9 +337,11 @@ static void kd_exception(uint32_t code, uint64_t address)
 static void breakin(void)
 {
     breakins++;
+    say("kdtarget: break-in after line %u\n", line_no);
     in_breakin = 1;
     kd_exception(BREAKPOINT, 0xFFFFF80000001B1Dull);
     in_breakin = 0;
+    say("kdtarget: break-in continued after line %u\n", line_no);
 }
 
 /* KdpPrint: nothing is sent while the debugger is absent; after a print the kernel polls once. */
@@ -424,21 +427,18 @@ static void script(int notifies)
 static void ticks(void)
 {
     char line[64];
-    for (unsigned n = 1;; n++) {
+    for (line_no = 1;; line_no++) {
         int was_present = present;
-        snprintf(line, sizeof(line), "kdticks: line %u\n", n);
+        snprintf(line, sizeof(line), "kdticks: line %u\n", line_no);
         kd_print(line);
         if (was_present && !present)
-            say("kdtarget: debugger not present: gave up at line %u\n", n);
+            say("kdtarget: debugger not present: gave up at line %u\n", line_no);
         else if (!was_present)
-            say("kdtarget: dropped line %u\n", n);
+            say("kdtarget: dropped line %u\n", line_no);
         for (int tick = 0; tick < TICKS_PER_LINE; tick++) {
             sleep_seconds(TICK);
-            if (poll_breakin()) {
-                say("kdtarget: break-in after line %u\n", n);
+            if (poll_breakin())
                 breakin();
-                say("kdtarget: break-in continued after line %u\n", n);
-            }
         }
     }
 }

@@ -150,6 +150,7 @@ class SerialReader(ABC):
             self._raw = None
 
     def wait_connected(self, count: int = 1, timeout: float = 30.0) -> bool:
+        """True once ``count`` connections were made (and what ``on_connect`` returned was sent on each)."""
         deadline = time.monotonic() + timeout
         while self.connections < count and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -196,12 +197,12 @@ class SerialReader(ABC):
                 self._stop.wait(0.05)
                 continue
             self._sock = sock
-            self.connections += 1
             greeting = self.on_connect()
             sock.settimeout(IDLE)
             try:
                 if greeting:
                     self._send(sock, greeting)
+                self.connections += 1  # counted once greeted: a VM resumed after wait_connected() finds the break-in
                 self._pump(sock)
             finally:
                 self._sock = None
@@ -305,7 +306,7 @@ class KdSerialReader(SerialReader):
 
     def on_connect(self) -> bytes:
         with self._lock:
-            out = self.host.attached()
+            out = self.host.attached(time.monotonic())
         self._emit(out.events)
         return out.send
 

@@ -9,12 +9,14 @@ target answers RESET and sends its pending packet again); a target that numbers 
 the start again (the SYNC bit: a reboot, or a kernel that gave up on the debugger) is synchronised
 again the same way.
 
-Attaching (``attached()``, on every connection) sends a break-in byte: a kernel that gave up on an
-absent debugger sends nothing until its clock-tick poll reads one, and then stops; the stop is
-continued like any other. Continue status: DBG_CONTINUE for breakpoints, single steps and
-load-symbols reports; DBG_EXCEPTION_NOT_HANDLED for every other exception, so the kernel's own
-handling runs and an unhandled fault ends in a bugcheck instead of running the faulting instruction
-again. Continue2 leaves the kernel's symbol range unchanged (CurrentSymbolStart = 1).
+Attaching (``attached()``, on every connection) sends a break-in byte (again after a silence, until
+the target's first packet): a kernel that gave up on an absent debugger sends nothing until its
+clock-tick poll reads one, and then stops; the stop is continued like any other.
+
+Continue status: DBG_CONTINUE for breakpoints, single steps and load-symbols reports;
+DBG_EXCEPTION_NOT_HANDLED for every other exception, so the kernel's own handling runs and an
+unhandled fault ends in a bugcheck instead of running the faulting instruction again. Continue2
+leaves the kernel's symbol range unchanged (CurrentSymbolStart = 1).
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ _LOAD_SYMBOLS = struct.Struct("<I4xQQII?")  # path length, base, process, checks
 _PRINT_API = kd.API_PRINT_STRING.to_bytes(4, "little")
 RETRANSMIT_AFTER = 1.5
 MAX_RETRANSMITS = 5
+# A break-in byte can be lost (a reader that reconnects while QEMU still restores a saved state; a port that the
+# firmware or the kernel's debugger initialisation flushes): until the target's first packet after an attach,
+# it is sent again every BREAKIN_RETRY seconds of silence, BREAKIN_TRIES times in all. Harmless when it arrives
+# twice: a kernel in the debugger forgets a break-in byte that a packet leader follows.
+BREAKIN_RETRY = 2.0
+BREAKIN_TRIES = 5
 
 
 @dataclass(frozen=True)
@@ -152,6 +160,8 @@ class KdHost:
         self.lines: dict[int, bytearray] = {}
         self.last_line: dict[int, str] = {}
         self.attaches = 0
+        self.breakins_left = 0  # break-in bytes still to send while the target says nothing after an attach
+        self.breakin_at = 0.0
         self.stats = {"packets": 0, "acks": 0, "resends_asked": 0, "duplicates": 0, "resets": 0, "retransmits": 0, "resyncs": 0}
 
     # -- input -----------------------------------------------------------------------------------
@@ -172,9 +182,13 @@ class KdHost:
             self.stats["retransmits"] += 1
             self.sent_at = now
             out.send += self.outstanding
+        if self.breakins_left and now - self.breakin_at >= BREAKIN_RETRY:
+            self.breakins_left -= 1
+            self.breakin_at = now
+            out.send += bytes([kd.BREAKIN_BYTE])
         return out
 
-    def attached(self) -> Output:
+    def attached(self, now: float = 0.0) -> Output:
         """A (new) connection to the target: forget the link state of any earlier one, and break in.
 
         A kernel that found no debugger gave up on it and sends nothing until it reads the break-in
@@ -189,6 +203,7 @@ class KdHost:
         self.replay = None
         self.last_accepted = None
         self.attaches += 1
+        self.breakins_left, self.breakin_at = BREAKIN_TRIES - 1, now
         out = Output(send=bytes([kd.BREAKIN_BYTE]))
         for processor in list(self.lines):
             out.events.extend(self._flush_partial(processor))
@@ -217,6 +232,7 @@ class KdHost:
             return
         base_id = item.id & ~kd.SYNC_BIT
         out.send += kd.encode_control(kd.TYPE_ACKNOWLEDGE, base_id)
+        self.breakins_left = 0  # the target talks
         repeat = (base_id, item.type, item.payload) == self.last_accepted
         if item.id & kd.SYNC_BIT and not repeat:
             # SYNC: the target numbers from the start again (booted, or gave up on the debugger) and now expects

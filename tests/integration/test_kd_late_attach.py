@@ -16,6 +16,7 @@ import pytest
 from harness.guests.libvirt_vm.standin import standin_vm
 from harness.guests.libvirt_vm.vm import VirtualMachine
 from harness.kd.serial import Endpoint, KdSerialReader, TextSerialReader
+from harness.kernel.events import DebugEvent
 from harness.timeline import Timeline
 
 pytestmark = pytest.mark.libvirt
@@ -42,6 +43,10 @@ def numbers(timeline: Timeline, pattern: re.Pattern[str] = LINE) -> list[int]:
 def wait_numbers(timeline: Timeline, count: int, timeout: float, pattern: re.Pattern[str] = LINE) -> list[int]:
     timeline.wait_for(lambda events: True if len(numbers(timeline, pattern)) >= count else None, timeline.now() + timeout)
     return numbers(timeline, pattern)
+
+
+def wait_lines(timeline: Timeline, count: int, timeout: float) -> None:
+    timeline.wait_for(lambda events: True if len(timeline.lines()) >= count else None, timeline.now() + timeout)
 
 
 def endpoint(port: Path | int | None) -> Endpoint:
@@ -82,3 +87,28 @@ def test_a_paused_boot_with_the_debugger_attached_loses_nothing_from_line_1(mach
         arrived = wait_numbers(kd_lines, 15, 180)
     assert arrived[:15] == list(range(1, 16))
     assert numbers(reports, GAVE_UP) == []
+
+
+def test_a_snapshot_of_a_kernel_that_gave_up_talks_again_after_every_revert(machine: VirtualMachine, tmp_path: Path) -> None:
+    """What the harness did to every scenario: a running snapshot of a kernel that found no debugger. Per scenario
+    (LibvirtGuest.start) the snapshot is reverted paused, the readers attach (the KD reader breaks in), the guest runs."""
+    machine.boot()
+    reports = Timeline()
+    with TextSerialReader(endpoint(machine.spec.com2), reports, tmp_path / "com2.log"):
+        assert wait_numbers(reports, 1, 180, GAVE_UP)
+    machine.take_ready_snapshot()
+    for round_ in range(2):
+        machine.revert(paused=True)
+        reports, kd_lines = Timeline(), Timeline()
+        with (
+            TextSerialReader(endpoint(machine.spec.com2), reports, tmp_path / f"com2-{round_}.log") as com2,
+            KdSerialReader(endpoint(machine.spec.com1), kd_lines, tmp_path / f"kd-raw-{round_}.log") as kd,
+        ):
+            assert com2.wait_connected() and kd.wait_connected()
+            machine.resume()
+            arrived = wait_numbers(kd_lines, 10, 60)
+            breakin = numbers(reports, BREAKIN)
+        # The restored kernel stopped for the break-in, was continued, and printed every line after it.
+        assert arrived and breakin and arrived == list(range(breakin[0] + 1, breakin[0] + 1 + len(arrived))), (breakin, arrived)
+        stops = [event.summary for event in kd_lines.events() if isinstance(event, DebugEvent) and event.kind == "state-change"]
+        assert len(stops) == 1 and stops[0].startswith("state change: exception 0x80000003") and stops[0].endswith(", continued")

@@ -13,7 +13,7 @@ import pytest
 
 from harness.kd import packets as kd
 from harness.kd.emulator import DEFAULT_RETRIES, KdTarget
-from harness.kd.session import KdAttach, KdBugcheck, KdEvent, KdHost, KdLine, KdStateChange
+from harness.kd.session import BREAKIN_TRIES, KdAttach, KdBugcheck, KdEvent, KdHost, KdLine, KdStateChange
 
 BREAKPOINT = 0x80000003
 SINGLE_STEP = 0x80000004
@@ -239,3 +239,30 @@ def test_a_target_that_restarts_under_an_attached_host_is_continued() -> None:
     events = run(host, rebooted)
     assert rebooted.log.statuses == [kd.DBG_CONTINUE] and rebooted.idle
     assert lines(events) == ["after"]
+
+
+def test_a_lost_break_in_is_sent_again_after_a_silence_until_the_target_talks() -> None:
+    """The break-in byte of an attach can be lost (QEMU still restoring a saved state, a port initialisation)."""
+    target = KdTarget()
+    gave_up(target)
+    host = KdHost()
+    host.attached(now=0.0)  # this byte never reaches the kernel
+    sent = []
+    for tick in range(1, 9):
+        reply = host.idle(tick * 1.0).send
+        sent.append(reply)
+        target.receive(reply)
+        target.poll()
+        if not target.idle:
+            break
+    assert sent == [b"", bytes([kd.BREAKIN_BYTE])]  # after BREAKIN_RETRY seconds of silence
+    target.print("back\n")
+    assert lines(run(host, target)) == ["back"] and target.log.breakins == 1
+    assert host.idle(100.0).send == b""  # the target talked: no more break-ins
+
+
+def test_break_ins_of_an_attach_are_limited() -> None:
+    host = KdHost()
+    host.attached(now=0.0)
+    resent = [host.idle(second * 1.0).send for second in range(1, 40)]
+    assert resent.count(bytes([kd.BREAKIN_BYTE])) == BREAKIN_TRIES - 1
