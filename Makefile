@@ -1,4 +1,5 @@
-# kcb-harness: `make run` and `make test` work on a fresh Debian 12 machine (as root).
+# kcb-harness: `make run` and `make test` work on a fresh Debian 12 machine (as root), even a minimal one:
+# every target installs what it needs first (scripts/setup-host.sh), nothing has to be installed by hand.
 SHELL   := /bin/bash
 PYTHON  ?= python3
 VENV    := .venv
@@ -6,26 +7,36 @@ PY      := $(VENV)/bin/python
 BUILD   := $(abspath build)
 OUT     ?= $(BUILD)/reports
 
-.PHONY: all setup host venv build drivers wine-guest standin sign run test lint bench clean
+.PHONY: all setup host host-run venv venv-run build drivers wine-guest standin sign run test lint bench soak fresh-machine-check clean
 all: build
 
 setup: host venv
 
+# Host packages: `run` needs only the embedded guest's (Python, mingw-w64, Wine); the rest needs everything.
+host-run:
+	@scripts/setup-host.sh run
 host:
-	@scripts/setup-host.sh
+	@scripts/setup-host.sh all
+
+# The virtual environment: the harness alone for `make run`; with the VM guest's libraries and the dev tools for the rest.
+venv-run: $(VENV)/.installed-run
+$(VENV)/.installed-run: pyproject.toml | host-run
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e .
+	touch $@
 
 venv: $(VENV)/.installed
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml | host
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
-	touch $@
+	touch $@ $(VENV)/.installed-run
 
 build: drivers wine-guest
 
-drivers: host
+drivers: host-run
 	$(MAKE) -s -C guest-drivers OUT=$(BUILD)/drivers
 
-wine-guest: host
+wine-guest: host-run
 	$(MAKE) -s -C harness/guests/wine OUT=$(BUILD)/wine PYTHON=$(PYTHON)
 
 # Test-signed copies of the drivers for a Windows VM (certificate in build/signing/).
@@ -37,7 +48,7 @@ sign: setup build
 standin: host
 	standin-guest/build.sh $(BUILD)/standin
 
-run: setup build
+run: host-run venv-run build
 	$(PY) -m harness run --out $(OUT)
 
 test: setup build standin
@@ -52,6 +63,14 @@ bench: setup build standin
 	$(PY) benchmarks/run_all.py
 	$(PY) benchmarks/kd_decoder.py
 	$(PY) benchmarks/vm_revert.py
+
+# False failures per 1,000 scenario runs, idle and with both cores busy (long: see benchmarks/soak.py --help).
+soak: setup build standin
+	$(PY) benchmarks/soak.py
+
+# The README's two commands on a minimal Debian 12 root with the clone in /root (needs debootstrap; ~20 min).
+fresh-machine-check:
+	scripts/fresh-machine-check.sh
 
 clean:
 	rm -rf build

@@ -23,7 +23,7 @@ from stats import latency_summary  # noqa: E402
 
 from harness.config import Settings  # noqa: E402
 from harness.expect.engine import check_presence  # noqa: E402
-from harness.guests import guest_factory  # noqa: E402
+from harness.guests import open_guests  # noqa: E402
 from harness.guests.base import DriverInstall  # noqa: E402
 from harness.guests.wine.guest import SESSION_DEBUG, WineGuest  # noqa: E402
 from harness.guests.wine.log import guest_timestamp, parse_line  # noqa: E402
@@ -46,11 +46,11 @@ class TimestampedGuest(WineGuest):
 
 
 def suite_wall_time(settings: Settings, out: Path) -> tuple[float, int, int]:
-    factory = guest_factory(settings)
     scenarios = [load_scenario(path) for path in discover([ROOT / "scenarios"])]
-    started = time.monotonic()
-    passed = sum(run_scenario(s, factory, settings.drivers_dir, out).passed for s in scenarios)
-    return time.monotonic() - started, passed, len(scenarios)
+    with open_guests(settings) as factory:
+        started = time.monotonic()
+        passed = sum(run_scenario(s, factory, settings.drivers_dir, out).passed for s in scenarios)
+        return time.monotonic() - started, passed, len(scenarios)
 
 
 def guest_overhead(prefix: WinePrefix, out: Path, rounds: int) -> list[float]:

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from harness.config import Settings, project_root
+from harness.config import Settings, default_state_dir, project_root
 from harness.errors import ConfigError, GuestError, HarnessError, ScenarioError
-from harness.guests import GUESTS, GuestFactory, guest_factory
+from harness.guests import GUESTS, GuestFactory, open_guests
 from harness.reports import write_reports
-from harness.runner import ScenarioResult, run_scenario
+from harness.runner import ScenarioInterrupted, ScenarioResult, run_scenario
 from harness.scenario.loader import LoadedScenario, discover, load_scenario
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -102,13 +102,18 @@ def run_once_more_on_infra(
 
 
 def run_all(scenarios: list[LoadedScenario], settings: Settings, label: str) -> list[ScenarioResult]:
-    factory = guest_factory(settings)
-    results = []
-    for loaded in scenarios:
-        result = run_once_more_on_infra(loaded, factory, settings)
-        results.append(result)
-        print(f"{label:<9} {'PASS' if result.passed else result.outcome.upper():<7} {loaded.id}", flush=True)
-    write_reports(results, settings.out_dir)
+    results: list[ScenarioResult] = []
+    try:
+        with open_guests(settings) as factory:
+            for loaded in scenarios:
+                result = run_once_more_on_infra(loaded, factory, settings)
+                results.append(result)
+                print(f"{label:<9} {'PASS' if result.passed else result.outcome.upper():<7} {loaded.id}", flush=True)
+    except ScenarioInterrupted as interrupted:
+        results.append(interrupted.result)
+        raise
+    finally:
+        write_reports(results, settings.out_dir)
     return results
 
 
@@ -154,7 +159,7 @@ def image_build_command(args: argparse.Namespace) -> int:
     password = load_secret(args.password_env, None, "Administrator password")
     request = BuildRequest(
         iso=args.iso, out=args.out, options=options, password=password, uri=args.uri, disk_size=args.disk_size,
-        memory_mib=args.memory_mib, vcpus=args.vcpus, timeout=timeout, work_dir=project_root() / "build" / "image",
+        memory_mib=args.memory_mib, vcpus=args.vcpus, timeout=timeout, work_dir=default_state_dir() / "image",
     )  # fmt: skip
     manifest = build_image(request)
     print(f"built {args.out} (Windows build {manifest.windows_build}, sha256 {manifest.sha256})")
@@ -210,8 +215,11 @@ def load_all(paths: list[Path]) -> list[LoadedScenario]:
     return [load_scenario(path) for path in files]
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """The first SIGINT or SIGTERM ends the run; later ones are ignored, so they cannot cut its teardown short."""
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_IGN)
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -219,22 +227,28 @@ def run_command(args: argparse.Namespace) -> int:
     scenarios = load_all(args.paths or [project_root() / "scenarios"])
     if not settings.drivers_dir.is_dir():
         raise ConfigError(f"drivers folder {settings.drivers_dir} does not exist: run `make build` or pass --drivers")
-    factory = guest_factory(settings)
     results: list[ScenarioResult] = []
+    finished = 0
     started = time.monotonic()
     progress = print if args.verbose else None
     try:
-        for loaded in scenarios:
-            print(f"RUN  {loaded.id}: {loaded.scenario.name}", flush=True)
-            result = run_once_more_on_infra(loaded, factory, settings, progress)
-            results.append(result)
-            write_reports(results, settings.out_dir)
-            mark = "PASS" if result.passed else result.outcome.upper()
-            print(f"{mark:<4} {loaded.id} ({result.duration:.2f}s){': ' + result.message if result.message else ''}", flush=True)
+        with open_guests(settings) as factory:
+            for loaded in scenarios:
+                print(f"RUN  {loaded.id}: {loaded.scenario.name}", flush=True)
+                try:
+                    result = run_once_more_on_infra(loaded, factory, settings, progress)
+                except ScenarioInterrupted as interrupted:
+                    results.append(interrupted.result)
+                    raise
+                results.append(result)
+                finished += 1
+                write_reports(results, settings.out_dir)
+                mark = "PASS" if result.passed else result.outcome.upper()
+                print(f"{mark:<4} {loaded.id} ({result.duration:.2f}s){': ' + result.message if result.message else ''}", flush=True)
     except KeyboardInterrupt:
         write_reports(results, settings.out_dir)
         print(
-            f"interrupted after {len(results)} of {len(scenarios)} scenarios; guest torn down; reports in {settings.out_dir}",
+            f"interrupted after {finished} of {len(scenarios)} scenarios; guest torn down; reports in {settings.out_dir}",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
@@ -248,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    signal.signal(signal.SIGTERM, _terminate)
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, _interrupt)
     try:
         if args.command == "run":
             return run_command(args)

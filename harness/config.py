@@ -20,6 +20,20 @@ def default_cache_dir() -> Path:
     return base / "kcb-harness"
 
 
+def default_state_dir() -> Path:
+    """Where VM files live (overlays, saved states, serial sockets, test VMs): a folder QEMU can reach.
+
+    libvirt's QEMU runs as its own user and cannot pass through /root or a home folder, so VM files never go
+    under the project. ``KCB_STATE_DIR`` moves it; default /var/lib/kcb-harness as root, else
+    $XDG_STATE_HOME/kcb-harness (libvirt's session instance runs QEMU as the user itself).
+    """
+    if "KCB_STATE_DIR" in os.environ:
+        return Path(os.environ["KCB_STATE_DIR"])
+    if os.geteuid() == 0:
+        return Path("/var/lib/kcb-harness")
+    return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "kcb-harness"
+
+
 @dataclass(frozen=True)
 class Settings:
     """One harness run's settings."""

@@ -1,14 +1,18 @@
-"""pytest plugin: every scenario file under a ``scenarios`` folder is a test item.
+"""pytest plugin (entry point ``pytest11``): scenario files are test items.
 
-``pytest scenarios/`` (or one file) runs each scenario on a fresh guest; a
-bad file is a collection error naming file:line and field; a failing scenario
-shows its verdict, the nearby kernel-log lines and where the raw log is. The
-run's JUnit XML and HTML report go to ``--kcb-out`` as with the CLI.
+A YAML file is a scenario when it is named on the command line, or when its
+path relative to the rootdir matches one of the ``kcb_scenario_files`` ini
+globs (default ``scenarios/*.yaml`` and ``scenarios/*.yml``; ``*`` crosses
+folders). Each runs on a fresh guest; a bad file is a collection error naming
+file:line and field; a failing scenario shows its verdict, the nearby
+kernel-log lines and where the raw log is. The run's JUnit XML and HTML
+report go to ``--kcb-out`` as with the CLI.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
+import fnmatch
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,13 +21,17 @@ import pytest
 
 from harness.config import Settings
 from harness.errors import ScenarioError
-from harness.guests import GuestFactory, guest_factory
+from harness.guests import GuestFactory, open_guests
 from harness.reports import write_reports
-from harness.runner import ScenarioResult, run_scenario
+from harness.runner import ScenarioInterrupted, ScenarioResult, run_scenario
 from harness.scenario.loader import SUFFIXES, LoadedScenario, load_scenario
 
 _FACTORY = pytest.StashKey[GuestFactory]()
+_OWNER = pytest.StashKey[contextlib.ExitStack]()
 _RESULTS = pytest.StashKey[list[ScenarioResult]]()
+
+
+DEFAULT_SCENARIO_FILES = ["scenarios/*.yaml", "scenarios/*.yml"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -31,10 +39,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--kcb-guest", default="wine", help="guest for scenario items (default: wine)")
     group.addoption("--kcb-drivers", type=Path, default=None, help="folder of driver images (default: build/drivers)")
     group.addoption("--kcb-out", type=Path, default=None, help="report folder for scenario items (default: build/pytest-reports)")
+    parser.addini(
+        "kcb_scenario_files",
+        "globs (relative to the rootdir; * crosses folders) of YAML files that are kcb-harness scenarios",
+        type="linelist",
+        default=DEFAULT_SCENARIO_FILES,
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_RESULTS] = []
+    config.stash[_OWNER] = contextlib.ExitStack()
+    config.addinivalue_line("markers", "kcb_scenario: a kcb-harness scenario file run on a guest")
+    config.addinivalue_line("markers", "wine: runs real drivers on the embedded Wine guest")
+    config.addinivalue_line("markers", "libvirt: runs on the libvirt Windows VM guest")
 
 
 def _settings(config: pytest.Config) -> Settings:
@@ -42,26 +60,35 @@ def _settings(config: pytest.Config) -> Settings:
     return Settings.defaults(guest=config.getoption("--kcb-guest"), drivers_dir=config.getoption("--kcb-drivers"), out_dir=out)
 
 
+def is_scenario_file(path: Path, rootdir: Path, globs: list[str]) -> bool:
+    """Whether ``path`` matches one of ``globs`` (relative to ``rootdir``; ``*`` crosses folders)."""
+    try:
+        relative = path.relative_to(rootdir).as_posix()
+    except ValueError:
+        return False
+    return any(fnmatch.fnmatch(relative, pattern) for pattern in globs)
+
+
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> ScenarioFile | None:
-    if file_path.suffix in SUFFIXES and "scenarios" in file_path.parent.parts:
+    if file_path.suffix not in SUFFIXES:
+        return None
+    config = parent.config
+    if parent.session.isinitpath(file_path) or is_scenario_file(file_path, config.rootpath, config.getini("kcb_scenario_files")):
         return ScenarioFile.from_parent(parent, path=file_path)
     return None
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests that need a real Windows VM run only when KCB_WINDOWS_CONFIG names a configuration."""
-    if os.environ.get("KCB_WINDOWS_CONFIG"):
-        return
-    deselected = [item for item in items if item.get_closest_marker("windows_vm") is not None]
-    if deselected:
-        config.hook.pytest_deselected(items=deselected)
-        items[:] = [item for item in items if item.get_closest_marker("windows_vm") is None]
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     results = session.config.stash.get(_RESULTS, [])
     if results:
         write_reports(results, _settings(session.config).out_dir)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Close what the guests opened (a VM session's VM), however the run ended."""
+    owner = config.stash.get(_OWNER, None)
+    if owner is not None:
+        owner.close()
 
 
 class ScenarioFile(pytest.File):
@@ -91,15 +118,20 @@ class ScenarioItem(pytest.Item):
     def __init__(self, *, loaded: LoadedScenario, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.loaded = loaded
-        self.add_marker(pytest.mark.wine)
+        self.add_marker(pytest.mark.kcb_scenario)
+        self.add_marker(getattr(pytest.mark, self.config.getoption("--kcb-guest")))
 
     def runtest(self) -> None:
         __tracebackhide__ = True
         config = self.config
         settings = _settings(config)
         if _FACTORY not in config.stash:
-            config.stash[_FACTORY] = guest_factory(settings)
-        result = run_scenario(self.loaded, config.stash[_FACTORY], settings.drivers_dir, settings.out_dir)
+            config.stash[_FACTORY] = config.stash[_OWNER].enter_context(open_guests(settings))
+        try:
+            result = run_scenario(self.loaded, config.stash[_FACTORY], settings.drivers_dir, settings.out_dir)
+        except ScenarioInterrupted as interrupted:
+            config.stash[_RESULTS].append(interrupted.result)
+            raise
         config.stash[_RESULTS].append(result)
         self.user_properties.append(("outcome", result.outcome))
         self.user_properties.append(("raw_log", str(result.raw_log)))

@@ -81,6 +81,14 @@ class ScenarioResult:
         return self.raw_log_file or self.run_dir / "kernel-raw.log"
 
 
+class ScenarioInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM ended a scenario; the guest is torn down and ``result`` says how far it got."""
+
+    def __init__(self, result: ScenarioResult) -> None:
+        super().__init__(result.message)
+        self.result = result
+
+
 class _StepFailed(Exception):
     def __init__(self, state: StepState, message: str, context: list[LogLine] | None = None) -> None:
         super().__init__(message)
@@ -225,7 +233,11 @@ def run_scenario(
     out_dir: Path,
     progress: Callable[[str], None] | None = None,
 ) -> ScenarioResult:
-    """Run one scenario on a fresh guest and return its result (never raises for guest trouble)."""
+    """Run one scenario on a fresh guest and return its result (never raises for guest trouble).
+
+    Raises:
+        ScenarioInterrupted: Ctrl-C or SIGTERM, after the guest was torn down (with the result so far).
+    """
     scenario = loaded.scenario
     timeline = Timeline()
     run_dir = out_dir / "scenarios" / loaded.id
@@ -254,6 +266,7 @@ def run_scenario(
         setting: str | int = scenario.verifier if isinstance(scenario.verifier, str) else scenario.verifier.flags
         guest.verifier = (setting, tuple(f"{spec.service}.sys" for spec in scenario.drivers.values()))
     run = ScenarioRun(loaded, guest, timeline)
+    interrupted = False
     try:
         with guest:
             broken: GuestError | None = None
@@ -270,6 +283,9 @@ def run_scenario(
         result.outcome, result.message = "hung", str(error)
     except GuestError as error:
         result.outcome, result.message = "infra", str(error)
+    except KeyboardInterrupt as signal:
+        interrupted = True
+        result.outcome, result.message = "error", f"interrupted ({signal or 'Ctrl-C'}); the guest was torn down"
     finally:
         result.events = timeline.events()
         result.duration = timeline.now()
@@ -280,6 +296,8 @@ def run_scenario(
                 # A crash explains a guest that stopped answering: it is what the report should lead with.
                 result.message = f"the guest crashed: {result.crash.summary} (then: {result.message})"
                 result.outcome = "crashed"
+    if interrupted:
+        raise ScenarioInterrupted(result)
     return result
 
 

@@ -34,17 +34,39 @@ def _to_python(node: yaml.Node, loader: yaml.SafeLoader, path: PathKey, lines: d
     return loader.construct_object(node)
 
 
+def read_text(path: Path, error: ErrorType) -> str:
+    """The file's text.
+
+    Raises:
+        error: unreadable, or not UTF-8 (with the line of the first bad byte).
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as problem:
+        raise error(path, None, "", f"cannot read the file: {problem.strerror}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as problem:
+        line = raw.count(b"\n", 0, problem.start) + 1
+        raise error(path, line, "", f"not UTF-8 text (byte 0x{raw[problem.start]:02x} at offset {problem.start})") from None
+
+
 def parse_yaml(text: str, source: Path, error: ErrorType) -> tuple[Any, dict[PathKey, int]]:
     """YAML text to plain data plus the line of every node, keyed by its path.
 
     Raises:
         ScenarioError: not YAML, or duplicate keys.
     """
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # its reader rejects control characters here already
+    except yaml.reader.ReaderError as problem:
+        raise _unprintable(problem, text, source, error) from None
     try:
         node = loader.get_single_node()
         lines: dict[PathKey, int] = {}
         data = _to_python(node, loader, (), lines, source, error) if node is not None else None
+    except yaml.reader.ReaderError as problem:
+        raise _unprintable(problem, text, source, error) from None
     except yaml.MarkedYAMLError as problem:
         mark = problem.problem_mark or problem.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -54,6 +76,12 @@ def parse_yaml(text: str, source: Path, error: ErrorType) -> tuple[Any, dict[Pat
     finally:
         loader.dispose()
     return data, lines
+
+
+def _unprintable(problem: yaml.reader.ReaderError, text: str, source: Path, error: ErrorType) -> FileError:
+    """A character YAML does not allow (a NUL, a control character), at its line."""
+    line = text.count("\n", 0, problem.position) + 1
+    return error(source, line, "", f"not valid YAML: character #x{problem.character:04x} is not allowed in a YAML file")
 
 
 def format_field(path: PathKey) -> str:

@@ -18,8 +18,18 @@ mkdir -p /run/libvirt /var/log/libvirt/qemu
 if id tss >/dev/null 2>&1 && [ -d /var/lib/swtpm-localca ]; then
   chown -R tss:root /var/lib/swtpm-localca
 fi
-if ! pgrep -x virtlogd >/dev/null; then
+# Whatever this script started is stopped again unless libvirtd ends up answering.
+started_virtlogd=""
+cleanup() {
+  [ -n "$started_virtlogd" ] || return 0
+  for _ in $(seq 1 50); do [ -s /run/virtlogd.pid ] && break; sleep 0.1; done  # a daemon writes it after forking
+  [ ! -s /run/virtlogd.pid ] || kill "$(cat /run/virtlogd.pid)" 2>/dev/null || true
+}
+trap cleanup EXIT
+# By its socket, not its process name: a virtlogd of another root (a chroot, a container sharing pids) does not count.
+if [ ! -S /run/libvirt/virtlogd-sock ]; then
   virtlogd -d
+  started_virtlogd=yes
   echo "started virtlogd"
 fi
 
@@ -31,13 +41,15 @@ if [ -e /dev/kvm ] && ! grep -qwE 'vmx|svm' /proc/cpuinfo; then
     mount -t tmpfs -o mode=755 tmpfs '$state/dev' &&
     cp -a /dev/. '$state/dev/' 2>/dev/null; rm -f '$state/dev/kvm';
     for m in pts shm mqueue hugepages; do mountpoint -q /dev/\$m && mount --rbind /dev/\$m '$state/dev/'\$m; done;
-    mount --rbind '$state/dev' /dev && mount --bind '$state/qemu.conf' /etc/libvirt/qemu.conf && exec libvirtd -d"
+    mount --rbind '$state/dev' /dev && mount --bind '$state/qemu.conf' /etc/libvirt/qemu.conf && exec libvirtd -d" ||
+    { echo "libvirtd did not come up (it failed to start)" >&2; exit 1; }
 else
-  libvirtd -d
+  libvirtd -d || { echo "libvirtd did not come up (it failed to start)" >&2; exit 1; }
 fi
 for _ in $(seq 1 100); do
   if virsh -c qemu:///system version >/dev/null 2>&1; then
     echo "started libvirtd"
+    started_virtlogd=""  # it stays: libvirtd uses it
     exit 0
   fi
   sleep 0.2

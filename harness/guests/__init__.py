@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from harness.config import Settings
@@ -15,13 +16,15 @@ GuestFactory = Callable[[Timeline, Path], Guest]
 GUESTS = ("wine", "libvirt")
 
 
-def guest_factory(settings: Settings) -> GuestFactory:
-    """A function that makes a fresh guest of ``settings.guest`` for one scenario.
+@contextlib.contextmanager
+def open_guests(settings: Settings) -> Iterator[GuestFactory]:
+    """A function that makes a fresh guest of ``settings.guest`` for one scenario, for as long as the block runs.
 
-    Does the once-per-run set-up (e.g. the Wine prefix) before returning.
+    Does the once-per-run set-up first (the Wine prefix; the VM session, whose VM it closes again on every way
+    out of the block: an error, Ctrl-C, SIGTERM).
 
     Raises:
-        ConfigError: unknown guest name.
+        ConfigError: unknown guest name, or a missing configuration.
         GuestError: the guest cannot be prepared.
     """
     if settings.guest == "wine":
@@ -30,7 +33,8 @@ def guest_factory(settings: Settings) -> GuestFactory:
 
         prefix = WinePrefix(settings.cache_dir / "wine-prefix", WineTools.find(), GuestFiles.in_dir(settings.build_dir / "wine"))
         prefix.ensure()
-        return lambda timeline, run_dir: WineGuest(timeline, run_dir, prefix)
+        yield lambda timeline, run_dir: WineGuest(timeline, run_dir, prefix)
+        return
     if settings.guest == "libvirt":
         from harness.guests.libvirt_vm.config import load_config
         from harness.guests.libvirt_vm.guest import LibvirtGuest, VmSession
@@ -41,5 +45,9 @@ def guest_factory(settings: Settings) -> GuestFactory:
                 f"or pass --config (looked for {settings.config})"
             )
         session = VmSession(load_config(settings.config))
-        return lambda timeline, run_dir: LibvirtGuest(timeline, run_dir, session)
+        try:
+            yield lambda timeline, run_dir: LibvirtGuest(timeline, run_dir, session)
+        finally:
+            session.close()
+        return
     raise ConfigError(f"unknown guest {settings.guest!r} (known: {', '.join(GUESTS)})")

@@ -30,6 +30,7 @@ from harness.timeline import Timeline
 log = logging.getLogger(__name__)
 
 IDLE = 0.2  # seconds of silence after which the KD host flushes and retransmits
+DRAIN = 3.0  # at most this long, on stop, to read what had already arrived
 
 
 class Stream(Protocol):
@@ -137,13 +138,16 @@ class SerialReader(ABC):
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop reading; what had already arrived is read and recorded first (the raw capture is the evidence)."""
         self._stop.set()
-        sock = self._sock
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.join(timeout)  # it notices within IDLE seconds, drains, and ends
+            if self._thread.is_alive():  # blocked somewhere else (a connect): cut it short
+                sock = self._sock
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+                self._thread.join(timeout)
             self._thread = None
         if self._raw is not None:
             self._raw.close()
@@ -227,6 +231,21 @@ class SerialReader(ABC):
             reply = self.feed(data)
             if reply:
                 self._send(sock, reply)
+        self._drain(sock)
+
+    def _drain(self, sock: Stream, limit: float = DRAIN) -> None:
+        """On stop: read and record what the other side had already sent, until the line is quiet (bounded)."""
+        sock.settimeout(0.05)
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            try:
+                data = sock.recv(65536)
+            except (TimeoutError, OSError):
+                return
+            if not data:
+                return
+            self._record(data)
+            self.feed(data)
 
     def _send(self, sock: Stream, data: bytes) -> None:
         try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from harness.errors import ScenarioError
 from harness.scenario.model import STEP_KINDS, LoadStep, Scenario, UnloadStep
-from harness.yamlfile import PathKey, format_field, parse_yaml, validate
+from harness.yamlfile import PathKey, format_field, parse_yaml, read_text, validate
 
 __all__ = ["LoadedScenario", "discover", "format_field", "load_scenario"]
 SUFFIXES = (".yaml", ".yml")
@@ -32,11 +32,7 @@ def load_scenario(path: Path) -> LoadedScenario:
     Raises:
         ScenarioError: unreadable file, bad YAML, or a field that does not validate.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise ScenarioError(path, None, "", f"cannot read the file: {error}") from None
-    data, lines = parse_yaml(text, path, ScenarioError)
+    data, lines = parse_yaml(read_text(path, ScenarioError), path, ScenarioError)
     if not isinstance(data, dict):
         raise ScenarioError(path, 1, "", "expected a mapping with name, drivers and steps")
     scenario = validate(Scenario, data, lines, path, ScenarioError, skip_tags=STEP_KINDS)

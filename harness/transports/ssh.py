@@ -26,7 +26,7 @@ from harness.transports.base import (
     TransportError,
     sha256_file,
 )
-from harness.transports.commands import file_hash, posix_quote, powershell
+from harness.transports.commands import check_command_line, file_hash, posix_quote, powershell
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,8 @@ class SshTransport(Transport):
         return self._password.mask(text) if self._password is not None else text
 
     def run(self, command: str, timeout: float) -> CommandResult:
+        if self.remote == "windows":
+            check_command_line(command)  # Windows OpenSSH's default shell is cmd.exe, with its line limit
         started = time.monotonic()
         channel = None
         try:

@@ -2,14 +2,19 @@
 
 Commands arrive as ``powershell.exe ... -EncodedCommand <base64>`` lines
 (harness.transports.commands), so nothing user-supplied is interpreted by
-cmd.exe. Uploads go in chunks and are checked with Get-FileHash. Connection
-loss is retried a bounded number of times; HTTP 401 is reported as rejected
-credentials, never with the password.
+cmd.exe, and none is longer than cmd.exe accepts. An upload is one command
+whose short script reads the file from stdin: the data goes in WinRM Send
+requests sized to stay inside the guest's MaxEnvelopeSizekb, and the script
+prints the SHA-256 of what it wrote, which must match. Connection loss is
+retried a bounded number of times; HTTP 401 is reported as rejected
+credentials, never with the password; HTTP 413 (a request larger than the
+guest's MaxEnvelopeSizekb) is reported as such, not retried.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -25,12 +30,25 @@ from harness.transports.base import (
     TransportError,
     sha256_file,
 )
-from harness.transports.commands import file_hash, powershell, read_chunk, write_chunk
+from harness.transports.commands import (
+    MAX_ENVELOPE_KB,
+    check_command_line,
+    file_hash,
+    powershell,
+    read_chunk,
+    stdin_chunk_bytes,
+    stdin_lines,
+    upload_script,
+)
 
 log = logging.getLogger(__name__)
 
-CHUNK = 3 * 1024  # raw bytes per upload command: the encoded command line stays under cmd.exe's 8191 characters
 READ_CHUNK = 48 * 1024  # bytes per download command (its output, not its command line, carries them)
+HTTP_REQUEST_TOO_LARGE = 413  # what WinRM answers a request larger than MaxEnvelopeSizekb
+
+
+class RequestTooLarge(TransportError):
+    """The guest refused a request as larger than its MaxEnvelopeSizekb (HTTP 413): resending will not help."""
 
 
 def _winrm() -> Any:
@@ -66,12 +84,15 @@ class WinRmTransport(Transport):
         server_cert_validation: Literal["validate", "ignore"] = "validate",
         timeout: float = 60.0,
         attempts: int = 3,
+        max_envelope_kb: int = MAX_ENVELOPE_KB,
     ) -> None:
         self._winrm = _winrm()
         self.where = f"{username}@{scheme}://{host}:{port}"
         self._password = password
         self._attempts = attempts
         self._timeout = timeout
+        self._max_envelope_kb = max_envelope_kb
+        self._stdin_chunk = stdin_chunk_bytes(max_envelope_kb)
         self._protocol = self._winrm.protocol.Protocol(
             endpoint=f"{scheme}://{host}:{port}/wsman",
             transport=auth,
@@ -94,46 +115,80 @@ class WinRmTransport(Transport):
                 return function(*args)
             except errors.InvalidCredentialsError:
                 raise AuthenticationError(f"winrm {self.where}: the credentials were rejected") from None
+            except errors.WinRMTransportError as error:
+                if error.code == HTTP_REQUEST_TOO_LARGE:
+                    raise RequestTooLarge(
+                        f"winrm {self.where}: the guest refused a request as too large (HTTP 413): its MaxEnvelopeSizekb "
+                        f"is below the {self._max_envelope_kb} this transport was given (max_envelope_kb)"
+                    ) from None
+                last = error
             except _connection_errors() as error:
                 last = error
             time.sleep(min(2.0**attempt, 5.0))
         raise ConnectFailed(f"winrm {self.where}: {self._password.mask(str(last))}")
 
-    def run(self, command: str, timeout: float) -> CommandResult:
-        started = time.monotonic()
+    def _start(self, command: str, stdin: bool = False) -> str:
+        """Start ``command`` (a line cmd.exe accepts); its stdin is a pipe to feed when ``stdin``, else the console."""
+        check_command_line(command)
         if self._shell is None:
             raise TransportError(f"winrm {self.where}: not connected")
-        command_id = self._call(self._protocol.run_command, self._shell, command)
+        command_id: str = self._call(self._protocol.run_command, self._shell, command, (), not stdin)
+        return command_id
+
+    def _finish(self, command_id: str, started: float, deadline: float) -> CommandResult:
+        """Receive the command's output until it ends.
+
+        Raises:
+            CommandTimeout: it did not end by ``deadline``.
+        """
         stdout, stderr = bytearray(), bytearray()
-        code = -1
-        try:
-            while True:
-                out, err, code, done = self._call(self._protocol.get_command_output_raw, self._shell, command_id)
-                stdout += out
-                stderr += err
-                if done:
-                    break
-                if time.monotonic() - started > timeout:
-                    raise CommandTimeout(f"winrm {self.where}: command did not finish within {timeout:g}s")
-        finally:
+        while True:
             try:
-                self._protocol.cleanup_command(self._shell, command_id)
-            except Exception as error:  # cleanup is best effort
-                log.debug("winrm cleanup failed: %s", type(error).__name__)
-        return CommandResult(code, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace"), time.monotonic() - started)
+                out, err, code, done = self._call(self._protocol.get_command_output_raw, self._shell, command_id)
+            except self._winrm.exceptions.WinRMOperationTimeoutError:
+                out, err, code, done = b"", b"", -1, False  # nothing within the OperationTimeout: it is still running
+            stdout += out
+            stderr += err
+            if done:
+                return CommandResult(code, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace"), time.monotonic() - started)
+            if time.monotonic() > deadline:
+                raise CommandTimeout(f"winrm {self.where}: command did not finish within {deadline - started:g}s")
+
+    def _end(self, command_id: str) -> None:
+        """Release the command (terminating it if it still runs): best effort."""
+        try:
+            self._protocol.cleanup_command(self._shell, command_id)
+        except Exception as error:
+            log.debug("winrm cleanup failed: %s", type(error).__name__)
+
+    def run(self, command: str, timeout: float) -> CommandResult:
+        started = time.monotonic()
+        command_id = self._start(command)
+        try:
+            return self._finish(command_id, started, started + timeout)
+        finally:
+            self._end(command_id)
 
     def upload(self, local: Path, remote: str, timeout: float) -> str:
-        expected = sha256_file(local)
         data = local.read_bytes()
-        deadline = time.monotonic() + timeout
-        for offset in range(0, max(len(data), 1), CHUNK):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise CommandTimeout(f"winrm {self.where}: upload of {local.name} did not finish within {timeout:g}s")
-            result = self.run(powershell(write_chunk(remote, data[offset : offset + CHUNK], first=offset == 0)), left)
-            if not result.ok:
-                raise TransportError(f"winrm {self.where}: writing {remote} failed: {result.stderr.strip()[:300]}")
-        result = self.run(powershell(file_hash(remote)), max(deadline - time.monotonic(), 5.0))
+        expected = hashlib.sha256(data).hexdigest()
+        started = time.monotonic()
+        deadline = started + timeout
+        command_id = self._start(powershell(upload_script(remote)), stdin=True)
+        try:
+            lines = stdin_lines(data, self._stdin_chunk)
+            line: bytes | None = next(lines, b"")  # an empty file: one empty Send that closes stdin
+            while line is not None:
+                if time.monotonic() > deadline:
+                    raise CommandTimeout(f"winrm {self.where}: upload of {local.name} did not finish within {timeout:g}s")
+                following = next(lines, None)
+                self._call(self._protocol.send_command_input, self._shell, command_id, line, following is None)
+                line = following
+            result = self._finish(command_id, started, deadline)
+        finally:
+            self._end(command_id)
+        if not result.ok:
+            raise TransportError(f"winrm {self.where}: writing {remote} failed: {result.stderr.strip()[:300]}")
         actual = result.stdout.strip().lower()
         if actual != expected:
             raise TransportError(f"winrm {self.where}: {remote} arrived with SHA-256 {actual or '(none)'}, expected {expected}")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import Settings, project_root
-from harness.guests import GuestFactory, guest_factory
+from harness.config import Settings, default_state_dir, project_root
+from harness.guests import GuestFactory, open_guests
 from harness.guests.wine.prefix import GuestFiles, WinePrefix, WineTools
 
 ROOT = project_root()
@@ -29,9 +29,10 @@ def settings() -> Settings:
 
 
 @pytest.fixture(scope="session")
-def wine_factory(settings: Settings) -> GuestFactory:
+def wine_factory(settings: Settings) -> Iterator[GuestFactory]:
     """The real Wine guest; `make test` has built the drivers and installed Wine before pytest starts."""
-    return guest_factory(settings)
+    with open_guests(settings) as factory:
+        yield factory
 
 
 @pytest.fixture(scope="session")
@@ -65,8 +66,8 @@ def libvirt_uri() -> Iterator[str]:
 
 @pytest.fixture
 def vm_dir() -> Iterator[Path]:
-    """A work folder QEMU (running as libvirt-qemu) can reach: pytest's tmp_path is private to root."""
-    folder = ROOT / "build" / "test-vms" / uuid.uuid4().hex[:8]
+    """A work folder QEMU (running as libvirt-qemu) can reach, wherever the project lives (pytest's tmp_path is private)."""
+    folder = default_state_dir() / "test-vms" / uuid.uuid4().hex[:8]
     folder.mkdir(parents=True)
     yield folder
     shutil.rmtree(folder, ignore_errors=True)

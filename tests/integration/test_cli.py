@@ -88,6 +88,29 @@ def test_ctrl_c_tears_the_guest_down_and_keeps_the_log(tmp_path: Path, wine_pref
     assert session_processes(wine_prefix) == []
 
 
+@pytest.mark.parametrize("signals", [[signal.SIGTERM], [signal.SIGINT], [signal.SIGTERM, signal.SIGINT]], ids=["term", "int", "term+int"])
+def test_a_signal_ends_the_run_cleanly_with_every_report_and_log(tmp_path: Path, wine_prefix: WinePrefix, signals: list[int]) -> None:
+    """Finished scenarios reported, the interrupted one reported as interrupted, its raw log whole, no Wine process left.
+    A second signal during the teardown does not cut it short."""
+    raw = tmp_path / "scenarios" / "long-run" / "kernel-raw.log"
+    process = harness("run", str(ROOT / "scenarios" / "03-no-receiver.yaml"), str(DATA / "long" / "long-run.yaml"), "--out", str(tmp_path))
+    wait_for(raw, NOTIFY)
+    for number in signals:
+        process.send_signal(number)
+        time.sleep(0.05)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, out + err
+    assert "interrupted after 1 of 2 scenarios" in err and "Traceback" not in out + err
+    assert session_processes(wine_prefix) == []
+    cases = {case.get("classname"): case for case in ET.parse(tmp_path / "junit.xml").getroot().iter("testcase")}
+    assert cases["scenarios.03-no-receiver"].find("error") is None and cases["scenarios.03-no-receiver"].find("failure") is None
+    interrupted = cases["scenarios.long-run"].find("error")
+    assert interrupted is not None and "interrupted" in (interrupted.get("message") or "")
+    text = raw.read_text()
+    assert text.endswith("\n") and NOTIFY in text  # every line the session wrote, none cut off
+    assert (tmp_path / "scenarios" / "03-no-receiver" / "kernel-raw.log").read_text().count("[sysTest] send.") >= 5
+
+
 def test_a_killed_harness_loses_no_log_and_the_next_run_recovers(tmp_path: Path, wine_prefix: WinePrefix) -> None:
     raw = tmp_path / "killed" / "scenarios" / "long-run" / "kernel-raw.log"
     process = harness("run", str(DATA / "long" / "long-run.yaml"), "--out", str(tmp_path / "killed"))
@@ -157,3 +180,12 @@ def test_image_build_help_and_missing_iso() -> None:
     process = harness("image", "build")
     out, err = process.communicate(timeout=60)
     assert process.returncode == 2 and err.count("\n") == 1 and "no installer ISO" in err and "Traceback" not in err
+
+
+def test_a_scenario_with_a_nul_byte_is_exit_2_with_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "nul.yaml"
+    bad.write_bytes((DATA / "malformed" / "bad-count.yaml").read_bytes().replace(b"steps:", b"st\0eps:"))
+    process = harness("run", str(bad), "--out", str(tmp_path / "out"))
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 2, out + err
+    assert err.startswith(f"error: {bad}:") and err.count("\n") == 1 and "Traceback" not in out + err

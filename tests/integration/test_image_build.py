@@ -12,20 +12,20 @@ from pathlib import Path
 
 import pytest
 
+from harness.config import default_state_dir
 from harness.errors import ConfigError
 from harness.guests.libvirt_vm.standin import standin_files
 from harness.image.answer import ImageOptions
 from harness.image.build import BuildRequest, ImageBuildError, build_image, check_manifest, manifest_path
 from harness.image.iso import make_iso
 from harness.secrets import Secret
-from tests.integration.conftest import ROOT
 
 pytestmark = pytest.mark.libvirt
 
 
 @pytest.fixture
 def folder() -> Iterator[Path]:
-    path = ROOT / "build" / "test-vms" / f"image-{uuid.uuid4().hex[:8]}"
+    path = default_state_dir() / "test-vms" / f"image-{uuid.uuid4().hex[:8]}"
     path.mkdir(parents=True)
     yield path
     shutil.rmtree(path, ignore_errors=True)
@@ -34,7 +34,7 @@ def folder() -> Iterator[Path]:
 def request(folder: Path, uri: str, mode: str, timeout: float) -> BuildRequest:
     iso = folder / "fake-installer.iso"
     make_iso({"README.TXT": b"not windows: the stand-in guest boots instead\n"}, iso, label="FAKE_INSTALLER")
-    kernel, initrd = standin_files()
+    kernel, initrd = standin_files(into=folder / "standin")
     return BuildRequest(
         iso=iso, out=folder / "images" / "win11.qcow2", options=ImageOptions(edition="Windows 11 Pro"), password=Secret("Sup3r-secret"),
         uri=uri, disk_size="64M", memory_mib=256, vcpus=1, timeout=timeout, work_dir=folder / "work",

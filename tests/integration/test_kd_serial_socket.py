@@ -182,3 +182,30 @@ def test_every_connection_starts_with_a_break_in(tmp_path: Path) -> None:
         assert reader.wait_connected(2)
         thread.join(10)
     assert first_bytes == [b"\x62", b"\x62"]
+
+
+def test_stopping_a_reader_keeps_every_byte_that_had_arrived(tmp_path: Path) -> None:
+    """The raw capture is the evidence: a reader stopped right after the other side wrote keeps all of it."""
+    path = tmp_path / "text.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    payload = b"".join(b"line %06d of the guest's console output\n" % number for number in range(40_000))  # ~1.6 MB
+    sent = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(payload)
+            sent.set()
+            sent.wait()
+            threading.Event().wait(2)  # keep the connection open: the reader must not rely on an end of stream
+
+    threading.Thread(target=serve, daemon=True).start()
+    timeline = Timeline()
+    reader = TextSerialReader(Endpoint.parse(f"unix:{path}"), timeline, tmp_path / "raw.log", reconnect=False)
+    reader.start()
+    assert sent.wait(30)
+    reader.stop()  # at once: up to a socket buffer of bytes has not been read yet
+    listener.close()
+    assert (tmp_path / "raw.log").read_bytes() == payload

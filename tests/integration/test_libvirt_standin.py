@@ -14,6 +14,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from harness.errors import ConfigError
 from harness.guests.libvirt_vm.dumps import collect_dumps, dump_names
 from harness.guests.libvirt_vm.host import free_port
 from harness.guests.libvirt_vm.standin import standin_connector, standin_vm
@@ -191,5 +192,22 @@ def test_driver_goes_in_over_ssh_and_the_crash_dump_comes_out_after_the_restart(
         with connect(60) as transport:
             assert transport.run("cat /proc/sys/kernel/random/boot_id", 30).stdout.strip() != boot_id
         assert machine.state() == "running"
+    finally:
+        machine.close()
+
+
+def test_vm_files_qemu_cannot_reach_are_named_before_libvirt_is_asked(libvirt_uri: str, vm_dir: Path) -> None:
+    """A clone in /root (0700): QEMU runs as libvirt-qemu and cannot pass through it. One clear error instead of libvirt's."""
+    private = vm_dir / "private"
+    private.mkdir(mode=0o700)
+    private.chmod(0o700)
+    machine = standin_vm(libvirt_uri, private / "vm", mode="text", prefix=PREFIX)
+    machine.connect()
+    try:
+        with pytest.raises(ConfigError) as caught:
+            machine.boot()
+        message = str(caught.value)
+        assert f"cannot pass through {private} " in message and f"setfacl -m u:libvirt-qemu:x {private}" in message
+        assert machine.state() == "none"  # nothing was started
     finally:
         machine.close()

@@ -161,3 +161,13 @@ def test_a_command_that_outlasts_its_timeout_is_a_hang_not_a_broken_transport(ss
     with connect(sshd) as transport, pytest.raises(CommandTimeout) as caught:
         transport.run("sleep 30", 1)
     assert isinstance(caught.value, GuestHung) and isinstance(caught.value, TransportError)
+
+
+def test_a_command_line_cmd_exe_would_refuse_is_never_sent_to_windows(sshd: Sshd) -> None:
+    from harness.transports.commands import CMD_MAX_CHARS, CommandLineTooLong
+
+    line = "echo " + "x" * CMD_MAX_CHARS
+    with connect(sshd, remote="windows") as transport, pytest.raises(CommandLineTooLong):
+        transport.run(line, 10)  # Windows OpenSSH hands it to cmd.exe, which accepts 8191 characters
+    with connect(sshd) as transport:
+        assert transport.run(line, 10).ok  # a POSIX shell takes it

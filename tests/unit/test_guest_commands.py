@@ -3,19 +3,36 @@
 from __future__ import annotations
 
 import base64
+import re
+from collections.abc import Callable
 
 import pytest
 
 from harness.transports.commands import (
+    CMD_MAX_CHARS,
+    COMMAND_LINE_BUDGET,
+    MAX_ENVELOPE_KB,
+    MINIDUMP_DIR,
+    SC_STATE_LINE,
+    CommandLineTooLong,
+    check_command_line,
     create_service,
     file_hash,
+    list_files,
     plain_name,
     posix_quote,
     powershell,
     ps_literal,
+    read_chunk,
     sc_error,
     sc_script,
+    sc_state,
     set_parameters,
+    stdin_chunk_bytes,
+    stdin_lines,
+    stop_driver,
+    upload_script,
+    verifier_script,
 )
 
 
@@ -75,13 +92,35 @@ def test_service_and_value_names_must_be_plain(bad: str) -> None:
 
 def test_set_parameters_exact() -> None:
     assert set_parameters("sysTest", {"PeriodMs": 200, "Tag": "it's"}) == (
-        "Remove-Item -Path 'HKLM:\\SYSTEM\\CurrentControlSet\\Services\\sysTest\\Parameters' -Recurse -ErrorAction SilentlyContinue\n"
-        "New-Item -Path 'HKLM:\\SYSTEM\\CurrentControlSet\\Services\\sysTest\\Parameters' -Force | Out-Null\n"
-        "New-ItemProperty -Path 'HKLM:\\SYSTEM\\CurrentControlSet\\Services\\sysTest\\Parameters' -Name 'PeriodMs' "
-        "-PropertyType DWord -Value 200 -Force | Out-Null\n"
-        "New-ItemProperty -Path 'HKLM:\\SYSTEM\\CurrentControlSet\\Services\\sysTest\\Parameters' -Name 'Tag' "
-        "-PropertyType String -Value 'it''s' -Force | Out-Null"
+        "$key = 'HKLM:\\SYSTEM\\CurrentControlSet\\Services\\sysTest\\Parameters'\n"
+        "Remove-Item -Path $key -Recurse -ErrorAction SilentlyContinue\n"
+        "New-Item -Path $key -Force | Out-Null\n"
+        "New-ItemProperty -Path $key -Name 'PeriodMs' -PropertyType DWord -Value 200 -Force | Out-Null\n"
+        "New-ItemProperty -Path $key -Name 'Tag' -PropertyType String -Value 'it''s' -Force | Out-Null"
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "written"),
+    [
+        (0, "0"),
+        (0x7FFFFFFF, "2147483647"),
+        # 2^31 and more: an Int32 with the same 32 bits, which every PowerShell writes as that REG_DWORD
+        # (Convert.ToInt32(string, 16) reads base 16 as two's complement).
+        (0x80000000, "([Convert]::ToInt32('80000000', 16))"),
+        (0xFFFFFFFF, "([Convert]::ToInt32('FFFFFFFF', 16))"),
+    ],
+)
+def test_set_parameters_writes_every_dword_exactly(value: int, written: str) -> None:
+    assert set_parameters("sysTest", {"Mask": value}).endswith(
+        f"New-ItemProperty -Path $key -Name 'Mask' -PropertyType DWord -Value {written} -Force | Out-Null"
+    )
+
+
+@pytest.mark.parametrize("bad", [-1, 0x1_0000_0000, True])
+def test_set_parameters_refuses_what_is_not_a_dword(bad: int) -> None:
+    with pytest.raises(ValueError, match="REG_DWORD"):
+        set_parameters("sysTest", {"Mask": bad})
 
 
 def test_file_hash_and_posix_quote() -> None:
@@ -103,8 +142,6 @@ def test_sc_error(output: str, code: int, error: int | None) -> None:
 
 
 def test_verifier_script() -> None:
-    from harness.transports.commands import verifier_script
-
     assert verifier_script("standard", ("sysTest.sys", "sysRecv1.sys")) == (
         "& verifier.exe '/standard' '/driver' 'sysTest.sys' 'sysRecv1.sys'\nif ($LASTEXITCODE -eq 2) { exit 0 }\nexit $LASTEXITCODE"
     )
@@ -113,21 +150,210 @@ def test_verifier_script() -> None:
         verifier_script("standard", ("a.sys; calc",))
 
 
-def test_stop_driver_waits_for_stopped() -> None:
-    from harness.transports.commands import stop_driver
-
-    script = stop_driver("sysRecv1", 25)
-    assert script.startswith("$out = & sc.exe stop 'sysRecv1' | Out-String")
-    assert "AddSeconds(25)" in script and "& sc.exe query 'sysRecv1'" in script and script.endswith("exit 1053")
+def test_stop_driver_waits_on_the_numeric_state() -> None:
+    assert stop_driver("sysRecv1", 25) == (
+        "$out = & sc.exe stop 'sysRecv1' | Out-String; Write-Output $out\n"
+        "if ($LASTEXITCODE -ne 0) { exit $LASTEXITCODE }\n"
+        "$deadline = (Get-Date).AddSeconds(25)\n"
+        "while ((Get-Date) -lt $deadline) {\n"
+        f"  $states = @(& sc.exe query 'sysRecv1' | ForEach-Object {{ if ($_ -match '{SC_STATE_LINE}') {{ [int]$Matches[1] }} }})\n"
+        "  if ($states.Count -ge 2 -and $states[1] -eq 1) { exit 0 }\n"
+        "  Start-Sleep -Milliseconds 100\n"
+        "}\n"
+        "exit 1053"
+    )
+    assert "STOPPED" not in stop_driver("sysRecv1", 25)  # no English word: the state is read by its number
     with pytest.raises(ValueError):
         stop_driver("x'; calc; '", 5)
 
 
-def test_read_chunk_exact() -> None:
-    from harness.transports.commands import read_chunk
+# sc.exe query output: the labels (and possibly the state words) are localized; the numbers are SERVICE_STATUS values.
+ENGLISH_STOPPED = """
+SERVICE_NAME: sysRecv1
+        TYPE               : 1  KERNEL_DRIVER
+        STATE              : 1  STOPPED
+        WIN32_EXIT_CODE    : 0  (0x0)
+        SERVICE_EXIT_CODE  : 0  (0x0)
+        CHECKPOINT         : 0x0
+        WAIT_HINT          : 0x0
+"""
+ENGLISH_RUNNING = """
+SERVICE_NAME: sysRecv1
+        TYPE               : 1  KERNEL_DRIVER
+        STATE              : 4  RUNNING
+                                (STOPPABLE, NOT_PAUSABLE, IGNORES_SHUTDOWN)
+        WIN32_EXIT_CODE    : 0  (0x0)
+        SERVICE_EXIT_CODE  : 0  (0x0)
+        CHECKPOINT         : 0x0
+        WAIT_HINT          : 0x0
+"""
+GERMAN_STOPPED = """
+SERVICE_NAME: sysRecv1
+        TYP                : 1  KERNEL_DRIVER
+        STATUS             : 1  BEENDET
+        WIN32-EXITCODE     : 0  (0x0)
+        DIENST-EXITCODE    : 0  (0x0)
+        PRÜFPUNKT          : 0x0
+        WARTEHINWEIS       : 0x0
+"""
+RUSSIAN_STOP_PENDING = """
+Имя_службы: sysRecv1
+        Тип                : 1  KERNEL_DRIVER
+        Состояние          : 3  STOP_PENDING
+                                (STOPPABLE, NOT_PAUSABLE, IGNORES_SHUTDOWN)
+        Код_выхода_Win32   : 0  (0x0)
+        Код_выхода_службы  : 0  (0x0)
+        Контрольная_точка  : 0x1
+        Ожидание           : 0x7d0
+"""
+SERVICE_12_RUNNING = ENGLISH_RUNNING.replace("sysRecv1", "12").replace("1  KERNEL", "10  WIN32_OWN_PROCESS")
 
+
+@pytest.mark.parametrize(
+    ("output", "state"),
+    [
+        (ENGLISH_STOPPED, 1),
+        (ENGLISH_RUNNING, 4),
+        (GERMAN_STOPPED, 1),
+        (RUSSIAN_STOP_PENDING, 3),
+        (SERVICE_12_RUNNING, 4),
+        ("[SC] EnumQueryServicesStatus:OpenService FAILED 1060:\n\nThe specified service does not exist.", None),
+        ("[SC] EnumQueryServicesStatus:OpenService échec(s) 1060 :\n\nLe service spécifié n’existe pas.", None),
+    ],
+)
+def test_sc_state_reads_the_number(output: str, state: int | None) -> None:
+    assert sc_state(output) == state
+    # The guest-side loop applies the same pattern (PowerShell -match: unanchored, case-insensitive) line by line.
+    found = [int(m.group(1)) for line in output.splitlines() if (m := re.search(SC_STATE_LINE, line, re.IGNORECASE))]
+    assert (found[1] if len(found) >= 2 else None) == state
+
+
+def test_read_chunk_exact() -> None:
     assert read_chunk("C:\\a'b.dmp", 4096, 1024) == (
         "$stream = [IO.File]::OpenRead('C:\\a''b.dmp'); [void]$stream.Seek(4096, 'Begin')\n"
         "$buffer = New-Object byte[] 1024; $count = $stream.Read($buffer, 0, 1024); $stream.Close()\n"
         "[Convert]::ToBase64String($buffer, 0, $count)"
+    )
+
+
+# -- command lines within cmd.exe's limit ---------------------------------------------------------
+
+
+def test_the_limits() -> None:
+    assert CMD_MAX_CHARS == 8191 and COMMAND_LINE_BUDGET < CMD_MAX_CHARS and MAX_ENVELOPE_KB == 500
+
+
+def test_powershell_refuses_a_script_whose_command_line_would_be_too_long() -> None:
+    longest = "x" * 2900
+    assert len(powershell(longest)) <= COMMAND_LINE_BUDGET
+    with pytest.raises(CommandLineTooLong, match="8191"):
+        powershell("x" * 3100)
+    with pytest.raises(CommandLineTooLong):
+        check_command_line("cmd /c " + "x" * CMD_MAX_CHARS)
+    assert check_command_line("whoami") == "whoami"
+
+
+LONG_DIR = "C:\\" + "\\".join(["very long folder name"] * 11)[:230]  # near MAX_PATH
+QUOTED_DIR = "C:\\" + "it's " * 50  # every quote doubled in a literal
+SERVICE = "s" * 256  # the longest service name Windows accepts
+REALISTIC: list[tuple[str, Callable[[], str]]] = [
+    ("create_service", lambda: create_service("sysRecv1", "C:\\kcb\\sysRecv1.sys")),
+    ("set_parameters", lambda: set_parameters("sysTest", {"PeriodMs": 200, "Tag": "receiver", "Mask": 0xFFFFFFFF})),
+    ("sc_script", lambda: sc_script("start", "sysRecv1")),
+    ("stop_driver", lambda: stop_driver("sysRecv1", 25)),
+    ("verifier_script", lambda: verifier_script("standard", ("sysTest.sys", "sysRecv1.sys"))),
+    ("file_hash", lambda: file_hash("C:\\kcb\\sysRecv1.sys")),
+    ("read_chunk", lambda: read_chunk("C:\\Windows\\Minidump\\112426-1.dmp", 1 << 30, 48 * 1024)),
+    ("list_files", lambda: list_files(MINIDUMP_DIR, "*.dmp")),
+    ("upload_script", lambda: upload_script("C:\\kcb\\sysRecv1.sys")),
+]
+WORST: list[tuple[str, Callable[[], str]]] = [
+    ("create_service", lambda: create_service(SERVICE, QUOTED_DIR + "\\" + SERVICE + ".sys")),
+    ("set_parameters", lambda: set_parameters(SERVICE, {f"Value{i}": 0xFFFFFFFF for i in range(20)})),
+    ("set_parameters-strings", lambda: set_parameters(SERVICE, {f"Text{i}": "x'" * 128 for i in range(5)})),
+    ("set_parameters-too-many", lambda: set_parameters(SERVICE, {f"Text{i}": "x'" * 128 for i in range(40)})),
+    ("sc_script", lambda: sc_script("start", SERVICE)),
+    ("stop_driver", lambda: stop_driver(SERVICE, 10**9)),
+    ("verifier_script", lambda: verifier_script(0xFFFFFFFF, tuple(f"{SERVICE[:60]}{i}.sys" for i in range(30)))),
+    ("verifier_script-too-many", lambda: verifier_script("standard", tuple(f"{SERVICE}{i}.sys" for i in range(40)))),
+    ("file_hash", lambda: file_hash(QUOTED_DIR + LONG_DIR)),
+    ("read_chunk", lambda: read_chunk(QUOTED_DIR + LONG_DIR, 2**63 - 1, 2**31 - 1)),
+    ("list_files", lambda: list_files(QUOTED_DIR + LONG_DIR, "*'*.dmp")),
+    ("upload_script", lambda: upload_script(QUOTED_DIR + LONG_DIR)),
+]
+
+
+@pytest.mark.parametrize(("builder", "script"), REALISTIC, ids=[name for name, _ in REALISTIC])
+def test_every_builder_fits_with_realistic_inputs(builder: str, script: Callable[[], str]) -> None:
+    assert len(powershell(script())) <= COMMAND_LINE_BUDGET
+
+
+@pytest.mark.parametrize(("builder", "script"), WORST, ids=[name for name, _ in WORST])
+def test_every_builder_fits_or_refuses_with_worst_case_inputs(builder: str, script: Callable[[], str]) -> None:
+    try:
+        line = powershell(script())
+    except CommandLineTooLong:
+        assert builder.endswith("-too-many")  # only inputs no scenario needs are refused, and refused before sending
+        return
+    assert not builder.endswith("-too-many") and len(line) <= COMMAND_LINE_BUDGET
+
+
+# -- upload through stdin within MaxEnvelopeSizekb ------------------------------------------------
+
+
+def send_envelope_bytes(raw: int) -> int:
+    """Bytes of a pywinrm Send request carrying ``raw`` file bytes as one stdin line, measured on pywinrm's own XML."""
+    import winrm.protocol
+
+    class Measuring(winrm.protocol.Protocol):
+        def send_message(self, message: str) -> bytes:
+            self.sent = len(message.encode("utf-8"))
+            return b""
+
+    protocol = Measuring("http://127.0.0.1:5985/wsman", transport="basic", username="Administrator", password="x")
+    line = next(stdin_lines(b"\xff" * raw, raw))
+    protocol.send_command_input("0" * 36, "0" * 36, line, end=True)
+    return int(protocol.sent)
+
+
+@pytest.mark.parametrize("envelope_kb", [32, 150, 500, 8192])
+def test_stdin_chunks_leave_a_margin_in_the_envelope(envelope_kb: int) -> None:
+    raw = stdin_chunk_bytes(envelope_kb)
+    assert raw > 0 and raw % 3 == 0  # whole base64 groups: no padding inside the stream
+    assert send_envelope_bytes(raw) <= 0.8 * envelope_kb * 1024
+
+
+def test_stdin_chunk_sizes() -> None:
+    assert stdin_chunk_bytes(500) >= 200_000  # few round trips: a 20 MiB driver in about a hundred Sends
+    with pytest.raises(ValueError, match="32"):
+        stdin_chunk_bytes(31)  # below what WinRM accepts as MaxEnvelopeSizekb
+
+
+def test_stdin_lines_are_whole_base64_lines() -> None:
+    data = bytes(range(256)) * 40
+    lines = list(stdin_lines(data, 3072))
+    assert all(line.endswith(b"\r\n") for line in lines) and len(lines) == -(-len(data) // 3072)
+    assert b"".join(base64.b64decode(line) for line in lines) == data
+    assert list(stdin_lines(b"", 3072)) == []
+
+
+def test_upload_script_exact() -> None:
+    assert upload_script("C:\\kcb\\it's.sys") == (
+        "begin {\n"
+        "  $ErrorActionPreference = 'Stop'\n"
+        "  $path = 'C:\\kcb\\it''s.sys'\n"
+        "  New-Item -ItemType Directory -Force -Path (Split-Path -Parent $path) | Out-Null\n"
+        "  $sha = [Security.Cryptography.SHA256]::Create()\n"
+        "  $file = [IO.File]::Create($path)\n"
+        "}\n"
+        "process {\n"
+        "  $bytes = [Convert]::FromBase64String($input)\n"
+        "  [void]$sha.TransformBlock($bytes, 0, $bytes.Length, $bytes, 0)\n"
+        "  $file.Write($bytes, 0, $bytes.Length)\n"
+        "}\n"
+        "end {\n"
+        "  [void]$sha.TransformFinalBlock((New-Object byte[] 0), 0, 0)\n"
+        "  $file.Close()\n"
+        "  [BitConverter]::ToString($sha.Hash).Replace('-', '').ToLowerInvariant()\n"
+        "}"
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from harness.errors import ScenarioError
 from harness.scenario.loader import discover, format_field, load_scenario
@@ -145,3 +147,32 @@ def test_verifier_key(tmp_path: Path, text: str, ok: bool) -> None:
     else:
         with pytest.raises(ScenarioError, match=r"case\.yaml:6: verifier"):
             load_scenario(path)
+
+
+@pytest.mark.parametrize("character", ["\x00", "\x01", "\x1b", "\x7f", "\ufffe"])
+def test_a_control_character_is_a_scenario_error_with_its_line(tmp_path: Path, character: str) -> None:
+    lines = GOOD.splitlines(keepends=True)
+    lines[5] = lines[5].replace("steps", f"st{character}eps")  # line 6
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(write(tmp_path, "".join(lines)))
+    assert caught.value.line == 6 and f"#x{ord(character):04x}" in str(caught.value)
+
+
+def test_undecodable_bytes_are_a_scenario_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(GOOD.encode().replace(b"a receiver", b"a r\xe9ceiver"))
+    with pytest.raises(ScenarioError, match="not UTF-8"):
+        load_scenario(path)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(position=st.integers(min_value=0, max_value=len(GOOD)), data=st.binary(min_size=1, max_size=3), replace=st.booleans())
+def test_mutated_files_load_or_are_scenario_errors(tmp_path: Path, position: int, data: bytes, replace: bool) -> None:
+    raw = GOOD.encode()
+    mutated = raw[:position] + data + raw[position + (len(data) if replace else 0) :]
+    path = tmp_path / "mutated.yaml"
+    path.write_bytes(mutated)
+    try:
+        load_scenario(path)
+    except ScenarioError as error:
+        assert str(error).startswith(str(path))

@@ -11,10 +11,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from harness.config import default_state_dir
 from harness.durations import parse_duration
-from harness.errors import ConfigError, ConfigFileError
+from harness.errors import ConfigFileError
 from harness.secrets import Secret, load_secret
-from harness.yamlfile import parse_yaml, validate
+from harness.yamlfile import parse_yaml, read_text, validate
 
 Duration = Annotated[float, Field(ge=0)]
 
@@ -35,7 +36,9 @@ class VmSettings(_Strict):
     firmware: Literal["uefi", "bios"] = "uefi"
     ovmf_code: Path = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
     ovmf_vars: Path = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
-    work_dir: Path = Path("build/vm")
+    # Overlays, saved states, serial sockets and logs of each run: somewhere QEMU (its own user) can reach, never
+    # under the project (a clone in /root is closed to it). Default: the state folder's vm/ (KCB_STATE_DIR).
+    work_dir: Path | None = None
     text_serial: bool = True
     hyperv: bool = True
     # true: Windows writes its crash dump and restarts, and the harness pulls the dump (crash seen over KD and
@@ -45,6 +48,11 @@ class VmSettings(_Strict):
     dump_timeout: float = 900.0  # seconds for a crashed guest to write its dump, restart and answer again
     ready_timeout: float = 900.0
     watchdog: float = 300.0  # seconds of serial silence with no CPU progress before a scenario is "hung"
+
+    @property
+    def vm_dir(self) -> Path:
+        """Where each run's VM files go: ``work_dir``, else the state folder's vm/."""
+        return self.work_dir or default_state_dir() / "vm"
 
     @field_validator("ready_timeout", "watchdog", "dump_timeout", mode="before")
     @classmethod
@@ -129,15 +137,11 @@ def load_config(path: Path) -> HarnessConfig:
         ConfigError: the file is missing.
         ConfigFileError: a field is wrong (file:line: field: message).
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read the configuration: {error.strerror}") from None
-    data, lines = parse_yaml(text, path, ConfigFileError)
+    data, lines = parse_yaml(read_text(path, ConfigFileError), path, ConfigFileError)
     if not isinstance(data, dict):
         raise ConfigFileError(path, 1, "", "expected a mapping with vm: and transport:")
     config = validate(HarnessConfig, data, lines, path, ConfigFileError)
     base = path.parent.resolve()
     paths = ("image", "work_dir", "ovmf_code", "ovmf_vars")
-    vm = config.vm.model_copy(update={name: base / getattr(config.vm, name) for name in paths})
+    vm = config.vm.model_copy(update={name: base / getattr(config.vm, name) for name in paths if getattr(config.vm, name) is not None})
     return config.model_copy(update={"vm": vm})

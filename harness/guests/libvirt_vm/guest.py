@@ -107,7 +107,7 @@ class VmSession:
         # The VM's ports listen on the VM host's loopback; a remote host's are forwarded here over SSH.
         self.host_port = config.transport.host_port or (remote_port() if remote else free_port())
         self._local_ports: dict[int, int] = {}
-        work = settings.work_dir / new_name(settings.name_prefix)
+        work = settings.vm_dir / new_name(settings.name_prefix)
         run = work / "run"
         com1: Path | int = remote_port() if remote else run / "com1.sock"
         com2: Path | int = remote_port() if remote else run / "com2.sock"

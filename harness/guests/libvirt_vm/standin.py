@@ -15,6 +15,7 @@ writes one to the raw disk and resets; the next boot moves it to /dumps).
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -32,8 +33,8 @@ OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 
 
-def standin_files() -> tuple[Path, Path]:
-    """(kernel, initramfs).
+def standin_files(into: Path | None = None) -> tuple[Path, Path]:
+    """(kernel, initramfs); with ``into``, copies there (a folder QEMU can reach: the project may be in /root).
 
     Raises:
         GuestError: not built.
@@ -42,7 +43,13 @@ def standin_files() -> tuple[Path, Path]:
     kernel, initrd = folder / "vmlinuz", folder / "initramfs.cpio.gz"
     if not kernel.is_file() or not initrd.is_file():
         raise GuestError(f"the stand-in guest is not built ({folder}): run `make standin`")
-    return kernel, initrd
+    if into is None:
+        return kernel, initrd
+    into.mkdir(parents=True, exist_ok=True)
+    copies = into / kernel.name, into / initrd.name
+    for source, target in zip((kernel, initrd), copies, strict=True):
+        shutil.copyfile(source, target)
+    return copies
 
 
 def standin_ssh_keys() -> tuple[Path, Path]:
@@ -79,15 +86,19 @@ def standin_vm(
     ``ssh_port``: a port of the VM host's loopback forwarded to the guest's port 22 (mode ``ssh``).
     With a remote URI (qemu+ssh://) the serial ports are TCP ports of the VM host's loopback, and the
     kernel and initramfs must be at the same paths there (the tests use the loopback, one file system).
+    The kernel and initramfs are copied into the VM's own folder (QEMU can reach it; the project may be in /root).
     """
-    kernel, initrd = standin_files()
+    built = standin_files()
     host = vm_host(uri)
     remote = parse_remote_uri(uri) is not None
-    host.make_dir(work_dir)
+    run = work_dir / "run"
+    host.make_dir(run)
+    kernel, initrd = run / built[0].name, run / built[1].name
+    for source, target in zip(built, (kernel, initrd), strict=True):
+        host.copy(source, target)
     golden = work_dir.parent / f"{work_dir.name}-golden.qcow2"
     if not host.exists(golden):
         host.run(["qemu-img", "create", "-q", "-f", "qcow2", str(golden), "16M"])
-    run = work_dir / "run"
     spec = DomainSpec(
         name=new_name(prefix),
         memory_mib=256,

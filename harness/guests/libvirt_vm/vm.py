@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import GuestError
+from harness.guests.libvirt_vm.access import check_reachable
 from harness.guests.libvirt_vm.domain_xml import DomainSpec, domain_xml, owner_of
 from harness.guests.libvirt_vm.host import LocalHost, VmHost, vm_host
 from harness.kernel.events import GuestCrash
@@ -250,9 +251,12 @@ class VirtualMachine:
         the guest until a client connects; what the guest writes before that is lost).
 
         Raises:
+            ConfigError: QEMU's user could not reach the VM's files.
             GuestError: libvirt refused the domain.
         """
         libvirt = libvirt_module()
+        spec = self.spec
+        check_reachable(self.host, self.uri, [self.image, self.work_dir, *spec.cdroms, *(p for p in (spec.kernel, spec.initrd) if p)])
         self.host.make_dir(self.work_dir)
         disk = self._next_overlay(self.image) if overlay else self.image
         nvram = self._fresh_nvram()

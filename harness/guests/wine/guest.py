@@ -124,13 +124,15 @@ class WineGuest(Guest):
             except subprocess.TimeoutExpired:
                 os.killpg(self._agent.pid, signal.SIGKILL)
                 self._agent.wait(timeout=10)
+        # The readers drain the pipes to their end (every writer is gone now): the raw log keeps the last lines.
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._threads.clear()
+        if self._agent is not None:
             for pipe in (self._agent.stdin, self._agent.stdout, self._agent.stderr):
                 if pipe is not None:
                     pipe.close()
             self._agent = None
-        for thread in self._threads:
-            thread.join(timeout=10)
-        self._threads.clear()
         if self._raw is not None:
             self._raw.close()
             self._raw = None
