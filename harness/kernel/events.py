@@ -55,7 +55,7 @@ class DebugEvent:
     """Something the kernel debugger saw besides a log line: a stop, a module load, a link notice."""
 
     t: float
-    kind: str  # "state-change", "module", "notice"
+    kind: str  # "state-change", "module", "notice", "attach"
     summary: str
 
 
