@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from harness.kernel.stacks import StackReport as StackReport
+
 
 @dataclass(frozen=True)
 class LogLine:
@@ -67,4 +69,4 @@ class Action:
     ok: bool = True
 
 
-Event = LogLine | DriverStatus | GuestCrash | GuestHang | DebugEvent | Action
+Event = LogLine | DriverStatus | GuestCrash | GuestHang | DebugEvent | Action | StackReport
