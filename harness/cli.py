@@ -28,6 +28,15 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 def _guest_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guest", default="wine", choices=GUESTS, help="where the drivers run (default: wine, the embedded guest)")
     parser.add_argument("--config", type=Path, help="configuration of the libvirt guest (default: harness.yaml)")
+    parser.add_argument(
+        "--symbols",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="another folder with the drivers' symbol files (X.debug with DWARF, X.map) to name crash and hang frames; "
+        "the drivers folder itself is always searched first (repeatable)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -94,11 +103,37 @@ def run_once_more_on_infra(
     loaded: LoadedScenario, factory: GuestFactory, settings: Settings, progress: Callable[[str], None] | None = None
 ) -> ScenarioResult:
     """Run a scenario; when the guest itself broke (infra), once more on a fresh guest (never for failed/crashed/hung)."""
-    result = run_scenario(loaded, factory, settings.drivers_dir, settings.out_dir, progress)
+    result = run_scenario(loaded, factory, settings.drivers_dir, settings.out_dir, progress, symbol_dirs=settings.symbol_dirs)
     if result.outcome == "infra":
         print(f"INFRA {loaded.id}: {result.message}; retrying once", flush=True)
-        result = run_scenario(loaded, factory, settings.drivers_dir, settings.out_dir, progress)
+        result = run_scenario(loaded, factory, settings.drivers_dir, settings.out_dir, progress, symbol_dirs=settings.symbol_dirs)
     return result
+
+
+def where_lines(result: ScenarioResult) -> list[str]:
+    """The console's lines on a crash or hang: its signature and where it happened."""
+    if result.signature is None:
+        return []
+    lines = [f"     signature {result.signature}"]
+    culprit = result.triage.culprit if result.triage is not None else None
+    if result.triage is not None and culprit is not None:
+        lines.append(f"     at {culprit.describe()}")
+        lines.append(f"     stack: {result.triage.chain()}")
+    return lines
+
+
+def signature_summary(results: list[ScenarioResult]) -> list[str]:
+    """Crashes and hangs grouped by signature, most frequent first."""
+    groups: dict[str, list[str]] = {}
+    for result in results:
+        if result.signature is not None:
+            groups.setdefault(result.signature, []).append(result.id)
+    if not groups:
+        return []
+    lines = ["crashes and hangs by signature:"]
+    for signature, ids in sorted(groups.items(), key=lambda item: (-len(item[1]), item[0])):
+        lines.append(f"  {len(ids)} x {signature}: {', '.join(ids)}")
+    return lines
 
 
 def run_all(scenarios: list[LoadedScenario], settings: Settings, label: str) -> list[ScenarioResult]:
@@ -109,6 +144,8 @@ def run_all(scenarios: list[LoadedScenario], settings: Settings, label: str) -> 
                 result = run_once_more_on_infra(loaded, factory, settings)
                 results.append(result)
                 print(f"{label:<9} {'PASS' if result.passed else result.outcome.upper():<7} {loaded.id}", flush=True)
+                if result.signature is not None:
+                    print(f"          signature {result.signature}", flush=True)
     except ScenarioInterrupted as interrupted:
         results.append(interrupted.result)
         raise
@@ -125,8 +162,11 @@ def compare_command(args: argparse.Namespace) -> int:
             raise ConfigError(f"drivers folder {folder} does not exist")
     scenarios = load_all(args.paths or [project_root() / "scenarios"])
     out = args.out or project_root() / "build" / "compare"
-    base = Settings.defaults(drivers_dir=args.baseline, out_dir=out / "baseline", guest=args.guest, config=args.config)
-    cand = Settings.defaults(drivers_dir=args.candidate, out_dir=out / "candidate", guest=args.guest, config=args.config)
+    symbols = tuple(args.symbols)
+    base = Settings.defaults(drivers_dir=args.baseline, out_dir=out / "baseline", guest=args.guest, config=args.config, symbol_dirs=symbols)
+    cand = Settings.defaults(
+        drivers_dir=args.candidate, out_dir=out / "candidate", guest=args.guest, config=args.config, symbol_dirs=symbols
+    )
     try:
         changes = compare(run_all(scenarios, base, "baseline"), run_all(scenarios, cand, "candidate"))
     except KeyboardInterrupt:
@@ -223,7 +263,9 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    settings = Settings.defaults(out_dir=args.out, drivers_dir=args.drivers, guest=args.guest, config=args.config)
+    settings = Settings.defaults(
+        out_dir=args.out, drivers_dir=args.drivers, guest=args.guest, config=args.config, symbol_dirs=tuple(args.symbols)
+    )
     scenarios = load_all(args.paths or [project_root() / "scenarios"])
     if not settings.drivers_dir.is_dir():
         raise ConfigError(f"drivers folder {settings.drivers_dir} does not exist: run `make build` or pass --drivers")
@@ -245,6 +287,8 @@ def run_command(args: argparse.Namespace) -> int:
                 write_reports(results, settings.out_dir)
                 mark = "PASS" if result.passed else result.outcome.upper()
                 print(f"{mark:<4} {loaded.id} ({result.duration:.2f}s){': ' + result.message if result.message else ''}", flush=True)
+                for line in where_lines(result):
+                    print(line, flush=True)
     except KeyboardInterrupt:
         write_reports(results, settings.out_dir)
         print(
@@ -253,6 +297,8 @@ def run_command(args: argparse.Namespace) -> int:
         )
         return EXIT_INTERRUPTED
     passed = sum(1 for r in results if r.passed)
+    for line in signature_summary(results):
+        print(line)
     print(f"{passed} passed, {len(results) - passed} failed in {time.monotonic() - started:.1f}s; reports in {settings.out_dir}")
     return EXIT_OK if passed == len(results) else EXIT_FAILED
 
