@@ -99,6 +99,7 @@ def _name_thread(
                 displacement=displacement,
                 file=location.file if location else None,
                 line=location.line if location else None,
+                inlined_into=location.inlined_into if location else (),
                 under_test=under_test,
                 unloaded=unloaded,
                 unloaded_at=unloaded_at,

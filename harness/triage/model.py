@@ -20,6 +20,7 @@ class Frame:
     displacement: int | None = None  # from the function's start, when only a map or exports named it
     file: str | None = None
     line: int | None = None
+    inlined_into: tuple[str, ...] = ()  # the functions ``function`` was inlined into, innermost first
     under_test: bool = False  # in a driver of the scenario
     unloaded: bool = False
     unloaded_at: str = ""  # "step 4" when the scenario's step that unloaded it is known
@@ -36,11 +37,12 @@ class Frame:
 
     @property
     def source(self) -> str:
-        """``receiver.c:91`` (file name only), or ""."""
+        """``receiver.c:91`` (file name only; ``, inlined into Caller`` when it was), or ""."""
         if self.file is None:
             return ""
         name = PurePath(self.file.replace("\\", "/")).name
-        return f"{name}:{self.line}" if self.line is not None else name
+        text = f"{name}:{self.line}" if self.line is not None else name
+        return text + (f", inlined into {' < '.join(self.inlined_into)}" if self.inlined_into else "")
 
     @property
     def where(self) -> str:

@@ -287,6 +287,10 @@ class PeImage:
             )
             for section in self._pe.sections
         )
+        #: Whether the file itself names its code (a COFF symbol table or DWARF): not stripped.
+        self.has_symbols = bool(self._pe.FILE_HEADER.NumberOfSymbols) or any(
+            section.name.startswith((".debug_", "/")) for section in self.sections
+        )
         self._table: UnwindTable | None = None
         self._exports: tuple[tuple[int, str], ...] | None = None
 

@@ -5,7 +5,7 @@ Where the names come from, best first, for an image X.sys:
     keeps next to each image; any mingw-w64 or clang build can do the same). Read with binutils'
     ``addr2line`` for PE (``x86_64-w64-mingw32-addr2line``), the one I/O step here. It is used only when
     its code is byte for byte the image's (``PeImage.code_digest``), so a stale debug copy never names
-    the wrong function.
+    the wrong function. An image that was never stripped is read the same way (Debian's Wine DLLs are).
   - X.map (GNU ld ``-Map``): global function names only (static functions are not in a map), no lines.
   - the image's own exports: the nearest exported function before the address (for system DLLs).
 MSVC's .pdb files cannot be read on this host (no PDB reader here): such a driver is named by module
@@ -213,8 +213,10 @@ class Symbolizer:
             return {}
         is_driver = name.lower() in self._images
         files = find_symbol_files(image_path, self._symbol_dirs if is_driver else [])
-        if files.debug is not None:
-            found = self._from_debug(files.debug, image, rvas)
+        # An image that was not stripped is its own debug copy (Debian's Wine DLLs keep symbols and DWARF).
+        debug = files.debug or (image_path if image.has_symbols else None)
+        if debug is not None:
+            found = self._from_debug(debug, image, rvas)
             if found:
                 return found
         if is_driver:

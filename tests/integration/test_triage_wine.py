@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from harness.config import Settings
+from harness.guests import GuestFactory
+from harness.guests.wine.guest import WINE_PE_DIRS
 from harness.guests.wine.prefix import WinePrefix
+from harness.kernel.stacks import StackReport
+from harness.runner import run_scenario
+from harness.scenario.loader import load_scenario
+from harness.triage.symbols import Symbolizer
+from harness.triage.unwind import CodeModule, ImagesMemory, LayeredMemory, SnapshotMemory, walk_stack
 from tests.integration.conftest import DATA, ROOT, session_processes
 
 pytestmark = pytest.mark.wine
@@ -18,6 +26,7 @@ pytestmark = pytest.mark.wine
 SEEDED = ROOT / "build" / "drivers-seeded-bug"
 NULL_DEREF = ROOT / "build" / "drivers-null-deref"
 UNLOAD = DATA / "failing" / "unload-without-unregister.yaml"
+WINE_PE = next(folder for folder in WINE_PE_DIRS if folder.is_dir())
 
 
 def harness(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -84,3 +93,26 @@ def test_compare_tells_the_same_crash_from_a_new_one(tmp_path: Path) -> None:
     new = harness("compare", str(UNLOAD), "--baseline", str(SEEDED), "--candidate", str(NULL_DEREF), "--out", str(tmp_path / "new"))
     assert "new crash: 0xC0000005 receiver.sys!CountNotification" in new.stdout, new.stdout + new.stderr
     assert "baseline: 0xC0000005 receiver.sys!OnNotify (unloaded)" in new.stdout
+
+
+def test_the_python_unwinder_finds_the_frames_wine_found(wine_factory: GuestFactory, settings: Settings, tmp_path: Path) -> None:
+    """The walker the kernel-debugger side uses, fed the crash's registers and stack memory and the images' unwind data
+    from their files, must find exactly the frames the driver host found with Wine's RtlVirtualUnwind."""
+    result = run_scenario(load_scenario(UNLOAD), wine_factory, SEEDED, tmp_path)
+    assert result.outcome == "crashed", result.message
+    (report,) = [event for event in result.events if isinstance(event, StackReport) and event.kind == "crash"]
+    (thread,) = report.threads
+    guest_names = {"systest.sys": "sender.sys", "sysrecv1.sys": "receiver.sys"}
+    symbols = Symbolizer(
+        {"sender.sys": SEEDED / "sender.sys", "receiver.sys": SEEDED / "receiver.sys"}, [], [settings.build_dir / "wine", WINE_PE]
+    )
+    modules, images = [], []
+    for module in report.modules:
+        image = None if module.unloaded else symbols.image(guest_names.get(module.name.lower(), module.name))
+        if image is not None:
+            modules.append(CodeModule(module.name, module.base, module.size, image.unwind_table()))
+            images.append((module.base, module.size, image))
+    memory = LayeredMemory([SnapshotMemory(thread.memory), ImagesMemory(images)])
+    walk = walk_stack(dict(thread.registers), modules, memory)
+    assert walk.frames == thread.frames and len(walk.frames) >= 4
+    assert walk.end == thread.end == "thread-start"
