@@ -135,6 +135,8 @@ class ScenarioItem(pytest.Item):
         config.stash[_RESULTS].append(result)
         self.user_properties.append(("outcome", result.outcome))
         self.user_properties.append(("raw_log", str(result.raw_log)))
+        if result.signature is not None:
+            self.user_properties.append(("signature", result.signature))
         if not result.passed:
             raise ScenarioFailed(result)
 
@@ -145,6 +147,10 @@ class ScenarioItem(pytest.Item):
             if result.context:
                 lines.append("kernel log nearby:")
                 lines += [f"  +{line.t:.3f}s {line.text}" for line in result.context]
+            if result.triage is not None:
+                lines.append(result.triage.render().rstrip("\n"))
+            elif result.signature is not None:
+                lines.append(f"signature: {result.signature}")
             lines.append(f"raw kernel log: {result.raw_log}")
             return "\n".join(lines)
         return super().repr_failure(excinfo)

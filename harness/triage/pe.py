@@ -319,8 +319,12 @@ class PeImage:
     def exports(self) -> tuple[tuple[int, str], ...]:
         """(RVA, name) of named exports that are code, sorted by RVA."""
         if self._exports is None:
-            self._pe.parse_data_directories(directories=[pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_EXPORT"]])
             found: list[tuple[int, str]] = []
+            try:
+                self._pe.parse_data_directories(directories=[pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_EXPORT"]])
+            except pefile.PEFormatError:
+                self._exports = ()
+                return self._exports
             for symbol in getattr(getattr(self._pe, "DIRECTORY_ENTRY_EXPORT", None), "symbols", []):
                 section = self.section_at(symbol.address)
                 if symbol.name and section is not None and section.executable and not symbol.forwarder:
@@ -330,7 +334,10 @@ class PeImage:
 
     def pdb_name(self) -> str | None:
         """The PDB an MSVC-style build names in its CodeView debug record, if any."""
-        self._pe.parse_data_directories(directories=[pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_DEBUG"]])
+        try:
+            self._pe.parse_data_directories(directories=[pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_DEBUG"]])
+        except pefile.PEFormatError:
+            return None
         for entry in getattr(self._pe, "DIRECTORY_ENTRY_DEBUG", []):
             name = getattr(getattr(entry, "entry", None), "PdbFileName", None)
             if isinstance(name, bytes) and name.rstrip(b"\0"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from harness.guests.wine.log import KernelLogParser, parse_line
-from harness.kernel.events import LogLine
+from harness.kernel.events import Event, GuestCrash, LogLine
 from harness.kernel.stacks import ModuleRange, StackFrame, StackReport
 
 PREFIX = "012c:warn:debugstr:vDbgPrintExWithPrefix 0000004d:00000001: "
@@ -23,8 +23,8 @@ CRASH = [
 ]
 
 
-def feed(parser: KernelLogParser, messages: list[str], t: float = 1.0) -> list[object]:
-    return [event for event in (parser.feed(PREFIX + message + "\n", t) for message in messages) if event is not None]
+def feed(parser: KernelLogParser, messages: list[str], t: float = 1.0) -> list[Event]:
+    return [event for message in messages for event in parser.feed(PREFIX + message + "\n", t)]
 
 
 def test_a_crash_report_comes_out_whole_at_its_end_line() -> None:
@@ -104,3 +104,13 @@ def test_bad_lines_are_dropped_and_an_unfinished_report_never_comes_out() -> Non
     assert isinstance(report, StackReport)
     assert report.threads == () or all(not thread.frames for thread in report.threads)
     assert report.parameters == () and report.modules == ()
+
+
+def test_a_report_the_driver_host_could_not_finish_comes_out_at_the_crash_line() -> None:
+    parser = KernelLogParser()
+    assert feed(parser, CRASH[:4]) == []
+    unhandled = "wine: Unhandled page fault on execute access to 00000000027C1020 at address 00000000027C1020 (thread 012c)"
+    partial, crash = parser.feed(unhandled, 2.0)
+    assert isinstance(partial, StackReport) and isinstance(crash, GuestCrash)
+    assert len(partial.threads[0].frames) == 2 and partial.threads[0].end == "report-cut-short"
+    assert parser.feed(unhandled, 2.0) == [crash]  # nothing left over for a second crash line

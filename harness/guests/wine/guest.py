@@ -276,8 +276,7 @@ class WineGuest(Guest):
         for raw in iter(pipe.readline, b""):
             if self._raw is not None:
                 self._raw.write(raw)  # before parsing: a parser fault never loses evidence
-            event = parser.feed(raw.decode("utf-8", errors="replace"), self.timeline.now())
-            if event is not None:
+            for event in parser.feed(raw.decode("utf-8", errors="replace"), self.timeline.now()):
                 self.timeline.append(event)
 
     def _read_replies(self, pipe: IO[bytes]) -> None:

@@ -61,12 +61,20 @@ class KernelLogParser:
     def __init__(self) -> None:
         self._triage = TriageLines()
 
-    def feed(self, text: str, t: float) -> Event | None:
-        """The event one stderr line stands for (a StackReport when it ends one), or None."""
+    def feed(self, text: str, t: float) -> list[Event]:
+        """The events one stderr line stands for: a StackReport when it ends one; at a crash line, a crash report
+        the driver host began but could not finish comes first."""
         match = _DBGPRINT.match(text.rstrip("\r\n"))
         if match and TriageLines.claims(match.group(1)):
-            return self._triage.feed(match.group(1), t)
-        return parse_line(text, t)
+            report = self._triage.feed(match.group(1), t)
+            return [report] if report is not None else []
+        event = parse_line(text, t)
+        if event is None:
+            return []
+        if isinstance(event, GuestCrash):
+            partial = self._triage.cut_short("crash")
+            return [partial, event] if partial is not None else [event]
+        return [event]
 
 
 def guest_timestamp(text: str) -> float | None:

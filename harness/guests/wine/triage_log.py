@@ -8,7 +8,7 @@ both may interleave. A line that does not parse is dropped: the raw log keeps it
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import cast
 
 from harness.kernel.stacks import FrameHow, ModuleRange, ReportKind, StackFrame, StackReport, ThreadStack
@@ -109,6 +109,15 @@ class TriageLines:
             if at is not None and data:
                 thread.memory.append((at, data))
         return None
+
+    def cut_short(self, kind: ReportKind) -> StackReport | None:
+        """The report begun but never ended (the driver host died while printing it), as far as it got."""
+        draft = self._drafts.pop(kind, None)
+        if draft is None:
+            return None
+        report = _finish(draft)
+        threads = tuple(replace(thread, end=thread.end or "report-cut-short") for thread in report.threads)
+        return replace(report, threads=threads)
 
 
 def _module(rest: str) -> ModuleRange | None:
