@@ -18,6 +18,7 @@ from types import FrameType
 from harness.config import Settings, default_state_dir, project_root
 from harness.errors import ConfigError, GuestError, HarnessError, ScenarioError
 from harness.guests import GUESTS, GuestFactory, open_guests
+from harness.image.answer import ImageOptions
 from harness.reports import write_reports
 from harness.runner import ScenarioInterrupted, ScenarioResult, run_scenario
 from harness.scenario.loader import LoadedScenario, discover, load_scenario
@@ -60,31 +61,37 @@ def _parser() -> argparse.ArgumentParser:
         "build",
         help="install Windows unattended from an ISO into a new golden image",
         description=(
-            "Installs Windows from your ISO in a libvirt domain with the test VM's hardware (UEFI without Secure Boot, SATA, e1000e; "
-            "a TPM for Windows 11), with a generated autounattend.xml and first-logon script (WinRM, optional OpenSSH, test-signing, "
-            "serial kernel debugging on COM1, Debug Print Filter, small memory dumps with automatic restart, the test certificate, "
-            "Windows Update and Defender sample submission off), waits until Windows shuts down, and writes IMAGE.manifest.json. "
+            "Installs Windows from your ISO in a libvirt domain with the test VM's hardware (UEFI without Secure Boot, SATA; "
+            "a TPM for Windows 11; no network), with a generated autounattend.xml and first-logon script (see `image answer`), "
+            "waits until Windows shuts down, and writes IMAGE.manifest.json with the settings the script verified. "
             "The Administrator password comes from an environment variable, never from the command line."
         ),
     )
     build.add_argument("--iso", type=Path, help="the Windows installation ISO (yours; it cannot be shipped); required")
     build.add_argument(
-        "--edition", default="Windows 10 Pro", help="image name in install.wim (default 'Windows 10 Pro'; e.g. 'Windows 11 Pro')"
-    )
-    build.add_argument(
         "--out", type=Path, default=Path("vm-images/win10.qcow2"), help="the qcow2 image to create (default vm-images/win10.qcow2)"
     )
-    build.add_argument("--password-env", default="KCB_GUEST_PASSWORD", help="environment variable holding the Administrator password")
-    build.add_argument("--locale", default="en-US", help="UI, input and user locale (default en-US)")
-    build.add_argument("--timezone", default="UTC", help="Windows time zone name (default UTC)")
-    build.add_argument("--product-key", help="product key, when the ISO needs one")
-    build.add_argument("--ssh", action="store_true", help="also enable the OpenSSH server")
-    build.add_argument("--certificate", type=Path, help="test-signing CA to import (default: build/signing/ca.crt when present)")
+    _image_options(build)
     build.add_argument("--disk-size", default="64G", help="virtual disk size (default 64G)")
     build.add_argument("--memory-mib", type=int, default=4096, help="memory during the install (default 4096)")
     build.add_argument("--vcpus", type=int, default=2, help="virtual CPUs (default 2)")
     build.add_argument("--timeout", default="3h", help="give up after this long (default 3h)")
     build.add_argument("--uri", default="qemu:///system", help="libvirt URI (default qemu:///system)")
+    answer = image_commands.add_parser(
+        "answer",
+        help="write autounattend.xml and the first-logon script (what `image build` puts on the answer ISO), install nothing",
+        description=(
+            "Writes into --out exactly what `image build` puts on the answer ISO: autounattend.xml (the edition and its key, "
+            "no OOBE, device encryption off, Administrator autologon once), kcb-firstlogon.ps1 (upload folder; WinRM, and "
+            "OpenSSH with --ssh, each with an inbound firewall rule on every network profile; test-signing; serial kernel "
+            "debugging on COM1; Debug Print Filter; small memory dumps with automatic restart; the test certificate; Windows "
+            "Update and Defender sample submission off; every setting checked and reported as ok/FAILED on every serial port), "
+            "the test certificate and the OpenSSH installer. The answer file holds the Administrator password in clear, as "
+            "Windows Setup requires: it is written readable by its owner only."
+        ),
+    )
+    answer.add_argument("--out", type=Path, required=True, help="folder to write the files into (created)")
+    _image_options(answer)
     sign = commands.add_parser("sign", help="test-sign driver images (openssl certificate + osslsigncode)")
     sign.add_argument("images", nargs="+", type=Path, help=".sys files, signed in place")
     sign.add_argument("--cert-dir", type=Path, help="where the test certificate lives (default: build/signing)")
@@ -97,6 +104,54 @@ def _parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("raw", type=Path, help="a raw capture (kd-raw.log, or a QEMU chardev logfile)")
     return parser
+
+
+def _image_options(parser: argparse.ArgumentParser) -> None:
+    """The options that shape the answer file and the first-logon script (shared by `image build` and `image answer`)."""
+    parser.add_argument(
+        "--edition", default="Windows 10 Pro", help="image name in install.wim (default 'Windows 10 Pro'; e.g. 'Windows 11 Pro')"
+    )
+    parser.add_argument("--password-env", default="KCB_GUEST_PASSWORD", help="environment variable holding the Administrator password")
+    parser.add_argument("--locale", default="en-US", help="UI, input and user locale (default en-US)")
+    parser.add_argument("--timezone", default="UTC", help="Windows time zone name (default UTC)")
+    parser.add_argument(
+        "--product-key", help="your product key (default: Microsoft's generic KMS client key for the edition, which selects it "
+        "and activates nothing; none for Evaluation media)"
+    )  # fmt: skip
+    parser.add_argument(
+        "--evaluation", action="store_true", help="Evaluation media whose image names do not say so (Windows Server Evaluation): no key"
+    )
+    parser.add_argument("--ssh", action="store_true", help="also install and enable the OpenSSH server (needs --openssh)")
+    parser.add_argument(
+        "--openssh", type=Path, help="OpenSSH-Win64 .msi or .zip from github.com/PowerShell/Win32-OpenSSH/releases, installed offline"
+    )
+    parser.add_argument("--certificate", type=Path, help="test-signing CA to import (default: build/signing/ca.crt when present)")
+
+
+def image_options(args: argparse.Namespace) -> ImageOptions:
+    """The ImageOptions the command line asked for.
+
+    Raises:
+        ConfigError: a bad value, --ssh without --openssh, an installer that is not one.
+    """
+    from harness.image.openssh import inspect_installer
+
+    if args.ssh and args.openssh is None:
+        raise ConfigError(
+            "--ssh needs --openssh PATH: the OpenSSH-Win64 .msi or .zip from https://github.com/PowerShell/Win32-OpenSSH/releases "
+            "(the build VM has no network, so Windows cannot download OpenSSH itself)"
+        )
+    if args.openssh is not None and not args.ssh:
+        raise ConfigError("--openssh without --ssh: add --ssh to install the OpenSSH server")
+    installer = inspect_installer(args.openssh) if args.openssh is not None else None
+    try:
+        return ImageOptions(
+            edition=args.edition, locale=args.locale, timezone=args.timezone, product_key=args.product_key,
+            evaluation=args.evaluation, ssh=args.ssh, openssh=installer,
+            certificate=_certificate(args.certificate),
+        )  # fmt: skip
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def run_once_more_on_infra(
@@ -180,7 +235,6 @@ def compare_command(args: argparse.Namespace) -> int:
 
 def image_build_command(args: argparse.Namespace) -> int:
     from harness.durations import parse_duration
-    from harness.image.answer import ImageOptions
     from harness.image.build import BuildRequest, build_image
     from harness.secrets import load_secret
 
@@ -188,11 +242,8 @@ def image_build_command(args: argparse.Namespace) -> int:
         raise ConfigError("no installer ISO: pass --iso with a Windows ISO of your own (it cannot be shipped); see vm-images/README.md")
     if not args.iso.is_file():
         raise ConfigError(f"installer ISO {args.iso} not found (pass --iso with a Windows ISO of your own)")
+    options = image_options(args)
     try:
-        options = ImageOptions(
-            edition=args.edition, locale=args.locale, timezone=args.timezone, product_key=args.product_key, ssh=args.ssh,
-            certificate=_certificate(args.certificate),
-        )  # fmt: skip
         timeout = parse_duration(args.timeout)
     except ValueError as error:
         raise ConfigError(str(error)) from None
@@ -200,9 +251,39 @@ def image_build_command(args: argparse.Namespace) -> int:
     request = BuildRequest(
         iso=args.iso, out=args.out, options=options, password=password, uri=args.uri, disk_size=args.disk_size,
         memory_mib=args.memory_mib, vcpus=args.vcpus, timeout=timeout, work_dir=default_state_dir() / "image",
+        openssh=args.openssh if options.ssh else None,
     )  # fmt: skip
     manifest = build_image(request)
     print(f"built {args.out} (Windows build {manifest.windows_build}, sha256 {manifest.sha256})")
+    print(f"verified: {', '.join(manifest.settings)}")
+    return EXIT_OK
+
+
+def image_answer_command(args: argparse.Namespace) -> int:
+    from harness.image.answer import SETTINGS, expected_settings
+    from harness.image.build import answer_media, write_answers
+    from harness.secrets import load_secret
+
+    options = image_options(args)
+    password = load_secret(args.password_env, None, "Administrator password")
+    written = write_answers(answer_media(options, password.reveal(), args.openssh if options.ssh else None), args.out)
+    for path in written:
+        note = (
+            " (mode 0600: it holds the Administrator password in clear, as Windows Setup requires)"
+            if path.name == "autounattend.xml"
+            else ""
+        )
+        print(f"wrote {path}{note}")
+    key = options.edition_key
+    if key is None:
+        print(f"product key: none ({options.edition} from Evaluation media)")
+    elif options.product_key is not None:
+        print("product key: yours (--product-key)")
+    else:
+        print(f"product key: {key} (Microsoft's generic KMS client key for {options.edition}: selects the edition, activates nothing)")
+    print("the first-logon script applies, checks and reports:")
+    for name in expected_settings(options):
+        print(f"  {name}: {SETTINGS[name]}")
     return EXIT_OK
 
 
@@ -317,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
             return compare_command(args)
         if args.command == "image" and args.image_command == "build":
             return image_build_command(args)
+        if args.command == "image" and args.image_command == "answer":
+            return image_answer_command(args)
         if args.command == "sign":
             return sign_command(args)
         if args.command == "kd" and args.kd_command == "replay":

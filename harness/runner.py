@@ -282,6 +282,12 @@ def run_scenario(
     guest = factory(timeline, run_dir)
     result.guest = guest.name
     result.raw_log_file = guest.raw_log
+    refused = guest.check_images(list(images.values()))
+    if refused:
+        # Before the guest starts: nothing is loaded, no session is opened.
+        result.outcome = "error"
+        result.message = " | ".join(refused)
+        return result
     if scenario.verifier is not None:
         if not guest.supports_verifier:
             result.outcome = "error"

@@ -32,6 +32,7 @@ if [ "$profile" = all ]; then
     >/dev/null 2>&1 || need+=(python3-dev)
   pkg-config --exists libvirt 2>/dev/null || need+=(libvirt-dev pkg-config)
   have osslsigncode || need+=(osslsigncode)
+  have i686-w64-mingw32-gcc || need+=(gcc-mingw-w64-i686)   # the 32-bit test image the embedded guest must refuse
   have qemu-system-x86_64 || need+=(qemu-system-x86)
   deb busybox-static || need+=(busybox-static)   # static: it runs in the stand-in initramfs
   have cpio || need+=(cpio)

@@ -23,7 +23,11 @@ started_virtlogd=""
 cleanup() {
   [ -n "$started_virtlogd" ] || return 0
   for _ in $(seq 1 50); do [ -s /run/virtlogd.pid ] && break; sleep 0.1; done  # a daemon writes it after forking
-  [ ! -s /run/virtlogd.pid ] || kill "$(cat /run/virtlogd.pid)" 2>/dev/null || true
+  [ -s /run/virtlogd.pid ] || return 0
+  pid=$(cat /run/virtlogd.pid)
+  kill "$pid" 2>/dev/null || return 0
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done  # gone before we return
+  kill -9 "$pid" 2>/dev/null || true
 }
 trap cleanup EXIT
 # By its socket, not its process name: a virtlogd of another root (a chroot, a container sharing pids) does not count.

@@ -2,9 +2,11 @@
 
 x64 Windows loads only signed kernel images; with `bcdedit /set testsigning
 on` any certificate will do. The CA and leaf are made once per folder
-(default build/signing/). Known risk (osslsigncode issues #86, #111): some
-osslsigncode-signed .sys files failed with error 577 where signtool worked;
-the alternative is `signtool sign /fd sha256 /f test.pfx` inside the guest.
+(default build/signing/). Signatures carry no page hashes: osslsigncode's
+``-ph`` is known to write invalid ones (mtrojnar/osslsigncode#8), and
+Windows then refuses the driver with error 577 (#86, #111). If Windows
+still refuses a driver, the alternative is `signtool sign /fd sha256
+/f test.pfx` inside the guest.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def ensure_certificate(folder: Path) -> Path:
 
 
 def sign(image: Path, bundle: Path) -> None:
-    """Sign ``image`` in place (SHA-256, page hashes), the last step before it is copied to a guest.
+    """Sign ``image`` in place (SHA-256, no page hashes), the last step before it is copied to a guest.
 
     Raises:
         ConfigError: osslsigncode is not installed.
@@ -68,7 +70,7 @@ def sign(image: Path, bundle: Path) -> None:
     signed = image.with_suffix(image.suffix + ".signed")
     signed.unlink(missing_ok=True)
     _run(
-        ["osslsigncode", "sign", "-pkcs12", str(bundle), "-pass", "", "-h", "sha256", "-ph", "-in", str(image), "-out", str(signed)],
+        ["osslsigncode", "sign", "-pkcs12", str(bundle), "-pass", "", "-h", "sha256", "-in", str(image), "-out", str(signed)],
         image.parent,
     )
     signed.replace(image)

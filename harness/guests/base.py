@@ -9,7 +9,7 @@ to the scenario's Timeline and writes the raw log to disk as it arrives.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -66,6 +66,13 @@ class Guest(ABC):
     def raw_log(self) -> Path:
         """The kernel log exactly as the guest produced it, written as it arrives."""
         return self.run_dir / "kernel-raw.log"
+
+    def check_images(self, images: Sequence[Path]) -> list[str]:
+        """Before anything loads: one line per driver image this guest cannot run (empty: it can run them all).
+
+        Called before ``start``; a guest that can load whatever Windows loads keeps this default.
+        """
+        return []
 
     @abstractmethod
     def start(self) -> None:

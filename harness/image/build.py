@@ -1,13 +1,15 @@
 """From a Windows ISO to a golden image: an unattended install in a libvirt domain, watched until it powers off.
 
 The domain has the test VM's hardware (q35, UEFI without Secure Boot, SATA,
-e1000e on restricted user networking; a TPM for Windows 11), the installer
-ISO and the answer ISO as CD-ROMs, and COM2 as a text socket on which the
-first-logon script reports progress. The install ends when Windows shuts
-itself down; a timeout ends it with the last progress line and a
-screenshot. The answer ISO (it holds the password) is deleted afterwards.
-The result gets a manifest (``<image>.manifest.json``) that the harness
-checks before it uses the image.
+the Windows clock and Hyper-V enlightenments; a TPM for Windows 11; no NIC),
+the installer ISO and the answer ISO as CD-ROMs, and one serial port as a
+text socket on which the first-logon script reports progress (it writes to
+every port Windows has). The install ends when Windows shuts itself down; a
+timeout ends it with the last progress line and a screenshot. The answer ISO
+(it holds the password) is deleted afterwards. The result gets a manifest
+(``<image>.manifest.json``) that records only the settings whose check
+reported ``ok``; the harness checks it before it uses the image and refuses
+one that lacks a setting it needs.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 from harness.errors import ConfigError, GuestError, HarnessError
 from harness.guests.libvirt_vm.domain_xml import DomainSpec
 from harness.guests.libvirt_vm.host import LocalHost, VmHost, parse_remote_uri
 from harness.guests.libvirt_vm.vm import VirtualMachine, detect_accel, new_name
-from harness.image.answer import FIRST_LOGON, PROGRESS_PREFIX, ImageOptions, autounattend_xml, first_logon_script
+from harness.image.answer import PROGRESS_PREFIX, SETTINGS, ImageOptions, answer_files, expected_settings
 from harness.image.iso import make_iso
 from harness.kd.serial import Endpoint, TextSerialReader
 from harness.kernel.events import Event, LogLine
@@ -35,7 +38,17 @@ from harness.timeline import Timeline
 
 log = logging.getLogger(__name__)
 
-REQUIRED_SETTINGS = ("winrm", "testsigning", "kernel-debug-serial", "debug-print-filter", "crash-dump")
+#: What the harness needs of every image, and of the transport it talks over (harness.yaml transport.type).
+COMMON_SETTINGS = ("upload-folder", "device-encryption-off", "testsigning", "kernel-debug-serial", "debug-print-filter", "crash-dump")
+TRANSPORT_SETTINGS = {"winrm": ("winrm", "winrm-firewall"), "ssh": ("openssh", "ssh-firewall")}
+
+
+def required_settings(transport: Literal["winrm", "ssh"] = "winrm") -> tuple[str, ...]:
+    """The verified settings an image must have for the harness to use it over ``transport``."""
+    return TRANSPORT_SETTINGS[transport] + COMMON_SETTINGS
+
+
+REQUIRED_SETTINGS = required_settings("winrm")
 KEY_ENTER = 28  # Linux keycode: "Press any key to boot from CD or DVD"
 
 
@@ -59,6 +72,7 @@ class BuildRequest:
     work_dir: Path = Path("build/image")
     ovmf_code: Path = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
     ovmf_vars: Path = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+    openssh: Path | None = None  # the Win32-OpenSSH installer options.openssh describes (with options.ssh)
     # The Linux stand-in guest boots directly instead of the installer (tests of this flow).
     kernel: tuple[Path, Path, str] | None = None
 
@@ -73,9 +87,10 @@ class Manifest:
     edition: str
     locale: str
     windows_build: str
-    settings: list[str]
+    settings: list[str]  # only those whose check reported "ok"
     created: str
     progress: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # "NAME: what its check found"
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(self.__dict__, indent=2) + "\n", encoding="utf-8")
@@ -85,13 +100,13 @@ def manifest_path(image: Path) -> Path:
     return image.with_name(image.name + ".manifest.json")
 
 
-def check_manifest(image: Path, host: VmHost | None = None) -> Manifest | None:
+def check_manifest(image: Path, host: VmHost | None = None, transport: Literal["winrm", "ssh"] = "winrm") -> Manifest | None:
     """The image's manifest after checking it still describes the file (None when there is none).
 
-    ``host``: the machine the image is on (default: this one).
+    ``host``: the machine the image is on (default: this one); ``transport``: how the harness will talk to it.
 
     Raises:
-        ConfigError: the image changed since it was built, or lacks a setting the harness needs.
+        ConfigError: the image changed since it was built, or lacks a setting the harness needs (named).
     """
     host = host or LocalHost()
     path = manifest_path(image)
@@ -103,10 +118,58 @@ def check_manifest(image: Path, host: VmHost | None = None) -> Manifest | None:
         raise ConfigError(f"{path}: not a valid image manifest ({error})") from None
     if manifest.size != host.size(image):
         raise ConfigError(f"{image} changed since it was built ({path} says {manifest.size} bytes): rebuild it or remove the manifest")
-    missing = [setting for setting in REQUIRED_SETTINGS if setting not in manifest.settings]
+    missing = [setting for setting in required_settings(transport) if setting not in manifest.settings]
     if missing:
-        raise ConfigError(f"{image} was built without {', '.join(missing)} (see {path}): rebuild it")
+        found = dict(failure.split(": ", 1) for failure in manifest.failures if ": " in failure)
+        named = ", ".join(f"{name} ({found[name]})" if name in found else name for name in missing)
+        raise ConfigError(f"{image} was built without {named}, which the harness needs (see {path}): rebuild it")
     return manifest
+
+
+def progress_results(lines: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(verified settings, failed settings -> what was found) from the first-logon script's progress lines.
+
+    Only known settings count; one that reported both (it cannot, but a port may repeat) counts as failed.
+    """
+    verified: list[str] = []
+    failed: dict[str, str] = {}
+    for line in lines:
+        if line.startswith("ok ") and line[3:] in SETTINGS and line[3:] not in verified:
+            verified.append(line[3:])
+        elif line.startswith("FAILED "):
+            name, _, detail = line[7:].partition(": ")
+            if name in SETTINGS:
+                failed[name] = detail.strip()
+    return [name for name in verified if name not in failed], failed
+
+
+def answer_media(options: ImageOptions, password: str, openssh: Path | None) -> dict[str, bytes]:
+    """Everything the answer ISO carries: the answer file, the first-logon script, the certificate, the OpenSSH installer.
+
+    Raises:
+        ConfigError: options.openssh without its file.
+    """
+    files = answer_files(options, password)
+    if options.openssh is not None:
+        if openssh is None or not openssh.is_file():
+            raise ConfigError(f"the OpenSSH installer {openssh or '(none given)'} is not a file")
+        files[options.openssh.file_name] = openssh.read_bytes()
+    return files
+
+
+def write_answers(files: dict[str, bytes], folder: Path) -> list[Path]:
+    """Write ``files`` into ``folder`` (created); autounattend.xml, which holds the password, readable by its owner only."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, content in files.items():
+        path = folder / name
+        mode = 0o600 if name == "autounattend.xml" else 0o644
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(descriptor, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)  # also when the file was there before with another mode
+            handle.write(content)
+        written.append(path)
+    return written
 
 
 def _sha256(path: Path) -> str:
@@ -136,13 +199,7 @@ def build_image(request: BuildRequest, progress: Callable[[str], None] = print) 
     work = request.work_dir / new_name("kcbimage")
     work.mkdir(parents=True, exist_ok=True)
     answers = work / "answers.iso"
-    make_iso(
-        {
-            "autounattend.xml": autounattend_xml(request.options, request.password.reveal()).encode(),
-            FIRST_LOGON: first_logon_script(request.options).encode(),
-        },
-        answers,
-    )
+    make_iso(answer_media(request.options, request.password.reveal(), request.openssh), answers)
     request.out.parent.mkdir(parents=True, exist_ok=True)
     created = subprocess.run(
         ["qemu-img", "create", "-q", "-f", "qcow2", str(request.out), request.disk_size], capture_output=True, text=True, check=False
@@ -154,7 +211,7 @@ def build_image(request: BuildRequest, progress: Callable[[str], None] = print) 
     spec = DomainSpec(
         name=work.name, memory_mib=request.memory_mib, vcpus=request.vcpus, disk=request.out,
         domain_type="kvm" if detect_accel() == "kvm" else "qemu", firmware="uefi", ovmf_code=request.ovmf_code, nvram=request.ovmf_vars,
-        com2=run / "com2.sock", com2_log=run / "com2.log", panic="none", hyperv=False, cdroms=(request.iso, answers),
+        com2=run / "com2.sock", com2_log=run / "com2.log", panic="none", hyperv=True, cdroms=(request.iso, answers),
         tpm=request.options.windows11, owner_pid=os.getpid(),
     )  # fmt: skip
     if request.kernel is not None:
@@ -195,13 +252,26 @@ def build_image(request: BuildRequest, progress: Callable[[str], None] = print) 
         answers.unlink(missing_ok=True)  # it holds the password
     vm.close()
     build = next((line.split(" ", 1)[1] for line in lines if line.startswith("build ")), "unknown")
-    settings = ["winrm", "testsigning", "kernel-debug-serial", "debug-print-filter", "crash-dump", "updates-off"]
-    settings += ["openssh"] if request.options.ssh else []
-    settings += ["test-certificate"] if request.options.certificate is not None else []
+    verified, failed = progress_results(lines)
+    expected = expected_settings(request.options)
     manifest = Manifest(
         image=request.out.name, sha256=_sha256(request.out), size=request.out.stat().st_size, edition=request.options.edition,
-        locale=request.options.locale, windows_build=build, settings=settings, created=datetime.now(UTC).isoformat(timespec="seconds"),
-        progress=lines,
+        locale=request.options.locale, windows_build=build, settings=[name for name in expected if name in verified],
+        created=datetime.now(UTC).isoformat(timespec="seconds"), progress=lines,
+        failures=[f"{name}: {detail}" for name, detail in failed.items()],
     )  # fmt: skip
     manifest.write(manifest_path(request.out))
+    # What the user asked for must have been verified; the rest (updates, sample submission) only warns.
+    needed = set(REQUIRED_SETTINGS) | set(TRANSPORT_SETTINGS["ssh"] if request.options.ssh else ())
+    needed |= {"test-certificate"} if request.options.certificate is not None else set()
+    for name in expected:
+        if name not in needed and name not in manifest.settings:
+            progress(f"warning: {name} not verified ({failed.get(name, 'no report')})")
+    missing = [name for name in expected if name in needed and name not in manifest.settings]
+    if missing:
+        raise ImageBuildError(
+            "Windows installed, but these settings were not verified: "
+            + "; ".join(f"{name} ({failed.get(name, 'no report')})" for name in missing)
+            + f". {request.out} and {manifest_path(request.out).name} are kept for inspection; the harness refuses the image"
+        )
     return manifest

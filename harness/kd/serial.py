@@ -29,6 +29,7 @@ from harness.timeline import Timeline
 log = logging.getLogger(__name__)
 
 IDLE = 0.2  # seconds of silence after which the KD host flushes and retransmits
+DRAIN = 3.0  # at most this long, on stop, to read what had already arrived
 
 
 class Stream(Protocol):
@@ -136,13 +137,16 @@ class SerialReader(ABC):
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop reading; what had already arrived is read and recorded first (the raw capture is the evidence)."""
         self._stop.set()
-        sock = self._sock
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.join(timeout)  # it notices within IDLE seconds, drains, and ends
+            if self._thread.is_alive():  # blocked somewhere else (a connect): cut it short
+                sock = self._sock
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+                self._thread.join(timeout)
             self._thread = None
         if self._raw is not None:
             self._raw.close()
@@ -223,6 +227,21 @@ class SerialReader(ABC):
             reply = self.feed(data)
             if reply:
                 self._send(sock, reply)
+        self._drain(sock)
+
+    def _drain(self, sock: Stream, limit: float = DRAIN) -> None:
+        """On stop: read and record what the other side had already sent, until the line is quiet (bounded)."""
+        sock.settimeout(0.05)
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            try:
+                data = sock.recv(65536)
+            except (TimeoutError, OSError):
+                return
+            if not data:
+                return
+            self._record(data)
+            self.feed(data)
 
     def _send(self, sock: Stream, data: bytes) -> None:
         try:
@@ -232,10 +251,11 @@ class SerialReader(ABC):
 
 
 class TextSerialReader(SerialReader):
-    """A port that carries plain text (a second COM port, a Linux guest's console): one LogLine per line."""
+    """A port that carries plain text (a second COM port, a Linux guest's console): one LogLine per line, from ``source``."""
 
-    def __init__(self, endpoint: Endpoint, timeline: Timeline, raw_path: Path, reconnect: bool = True) -> None:
+    def __init__(self, endpoint: Endpoint, timeline: Timeline, raw_path: Path, reconnect: bool = True, source: str = "serial") -> None:
         super().__init__(endpoint, timeline, raw_path, reconnect)
+        self.source = source
         self._partial = bytearray()
 
     def feed(self, data: bytes) -> bytes:
@@ -243,7 +263,7 @@ class TextSerialReader(SerialReader):
         while (newline := self._partial.find(b"\n")) >= 0:
             line = self._partial[:newline].rstrip(b"\r").decode("utf-8", "replace")
             del self._partial[: newline + 1]
-            self.timeline.append(LogLine(t=self.timeline.now(), text=line))
+            self.timeline.append(LogLine(t=self.timeline.now(), text=line, source=self.source))
         return b""
 
     def on_connect(self) -> None:
@@ -254,7 +274,7 @@ class TextSerialReader(SerialReader):
 
     def _flush(self) -> None:
         if self._partial:
-            self.timeline.append(LogLine(t=self.timeline.now(), text=self._partial.decode("utf-8", "replace")))
+            self.timeline.append(LogLine(t=self.timeline.now(), text=self._partial.decode("utf-8", "replace"), source=self.source))
             self._partial.clear()
 
 

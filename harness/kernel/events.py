@@ -10,13 +10,17 @@ from dataclasses import dataclass
 
 from harness.kernel.stacks import StackReport as StackReport
 
+#: Where a line came from: the kernel debug log (DbgPrint), or another source (a serial console, a program's output).
+KERNEL = "kernel"
+
 
 @dataclass(frozen=True)
 class LogLine:
-    """One kernel debug-log line (DbgPrint), without its trailing newline."""
+    """One log line, without its trailing newline: a kernel debug-log line (DbgPrint) unless ``source`` says otherwise."""
 
     t: float
     text: str
+    source: str = KERNEL
 
 
 @dataclass(frozen=True)

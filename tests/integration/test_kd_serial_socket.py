@@ -161,3 +161,30 @@ def test_text_reader_splits_lines(tmp_path: Path) -> None:
     events: list[Event] = timeline.events()
     assert [e.text for e in events if isinstance(e, LogLine)] == ["marker one", "marker two\ttab", "no newline"]
     assert (tmp_path / "com2.log").read_bytes() == b"marker one\r\nmarker two\ttab\nno newline"
+
+
+def test_stopping_a_reader_keeps_every_byte_that_had_arrived(tmp_path: Path) -> None:
+    """The raw capture is the evidence: a reader stopped right after the other side wrote keeps all of it."""
+    path = tmp_path / "text.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    payload = b"".join(b"line %06d of the guest's console output\n" % number for number in range(40_000))  # ~1.6 MB
+    sent = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(payload)
+            sent.set()
+            sent.wait()
+            threading.Event().wait(2)  # keep the connection open: the reader must not rely on an end of stream
+
+    threading.Thread(target=serve, daemon=True).start()
+    timeline = Timeline()
+    reader = TextSerialReader(Endpoint.parse(f"unix:{path}"), timeline, tmp_path / "raw.log", reconnect=False)
+    reader.start()
+    assert sent.wait(30)
+    reader.stop()  # at once: up to a socket buffer of bytes has not been read yet
+    listener.close()
+    assert (tmp_path / "raw.log").read_bytes() == payload

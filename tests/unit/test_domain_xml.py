@@ -84,7 +84,7 @@ def test_standin_guest_direct_kernel_boot_with_isa_pvpanic() -> None:
     assert root.findtext("os/kernel") == "/k/vmlinuz" and root.findtext("os/cmdline") == "console=ttyS1 kcb.mode=text"
     panic = root.find("devices/panic")
     assert panic is not None and panic.get("model") == "isa" and panic.find("address").get("iobase") == "0x505"  # type: ignore[union-attr]
-    assert root.find("features/hyperv") is None and root.findtext("cpu/model") == "qemu64"
+    assert root.find("features/hyperv") is None and root.findtext("cpu/model") == "Nehalem"
     assert root.find(f"{{{QEMU_NS}}}commandline") is None
 
 
@@ -130,3 +130,52 @@ def test_serial_ports_on_a_remote_vm_host_are_loopback_tcp() -> None:
     assert serials[0].find("protocol").attrib == {"type": "raw"}  # type: ignore[union-attr]
     assert serials[0].find("log").attrib == {"file": "/vm/run/com1.log", "append": "on"}  # type: ignore[union-attr]
     assert serials[1].find("target").get("port") == "1"  # type: ignore[union-attr]
+
+
+# -- CPU model, clock and Hyper-V enlightenments (docs/windows-facts.md, "Windows Setup, ...") ----------------
+
+
+def test_tcg_cpu_model_has_what_windows_11_24h2_needs() -> None:
+    # 24H2 does not boot without SSE4.2 and POPCNT; qemu64 has neither. Nehalem is the oldest QEMU model with both,
+    # and TCG in QEMU 7.2 runs it (domcapabilities: usable). fallback=forbid: never silently another model.
+    cpu = parse(replace(WINDOWS, domain_type="qemu")).find("cpu")
+    assert cpu is not None and cpu.get("mode") == "custom" and cpu.get("match") == "exact"
+    model = cpu.find("model")
+    assert model is not None and model.text == "Nehalem" and model.get("fallback") == "forbid"
+    required = {f.get("name") for f in cpu.findall("feature") if f.get("policy") == "require"}
+    assert {"sse4.2", "popcnt"} <= required
+
+
+def test_windows_clock_as_libvirt_and_qemu_recommend() -> None:
+    clock = parse(WINDOWS).find("clock")
+    assert clock is not None
+    timers = {t.get("name"): t.attrib for t in clock.findall("timer")}
+    assert timers["rtc"].get("tickpolicy") == "catchup"
+    assert timers["pit"].get("tickpolicy") == "delay"
+    assert timers["hpet"].get("present") == "no"
+    assert timers["hypervclock"].get("present") == "yes"
+
+
+def test_hyperv_enlightenments_with_their_prerequisites() -> None:
+    hyperv = parse(WINDOWS).find("features/hyperv")
+    assert hyperv is not None
+    on = {child.tag for child in hyperv if child.get("state") == "on"}
+    assert {"relaxed", "vapic", "spinlocks", "vpindex", "synic", "stimer"} <= on
+    # QEMU's hyperv.rst: synic needs vpindex; stimer needs vpindex, synic and time (libvirt's hypervclock timer).
+    timers = {t.get("name"): t.get("present") for t in parse(WINDOWS).findall("clock/timer")}
+    assert timers.get("hypervclock") == "yes"
+
+
+def test_without_hyperv_no_windows_timers() -> None:
+    root = parse(replace(WINDOWS, hyperv=False))
+    assert root.find("features/hyperv") is None
+    assert [t.get("name") for t in root.findall("clock/timer")] == []
+
+
+def test_under_tcg_no_enlightenment_that_needs_kvm() -> None:
+    # QEMU 7.2 (Debian 12) refuses hv-vpindex without KVM, and synic and stimer need it (seen here: "kernel doesn't
+    # allow setting HyperV VP_INDEX"); the clock is the same.
+    root = parse(replace(WINDOWS, domain_type="qemu"))
+    hyperv = root.find("features/hyperv")
+    assert hyperv is not None and {child.tag for child in hyperv} == {"relaxed", "vapic", "spinlocks"}
+    assert {t.get("name") for t in root.findall("clock/timer")} == {"rtc", "pit", "hpet", "hypervclock"}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -253,3 +253,31 @@ def test_a_hang_without_stacks_and_a_pass_have_the_expected_signatures(tmp_path:
     assert hung.triage is None and hung.signature == "hang (no stacks)"
     passed, guests = run(tmp_path / "b", succeed)
     assert passed.signature is None and guests[0].stacks_asked == []
+
+
+def test_an_image_the_guest_refuses_ends_the_scenario_before_the_guest_starts(tmp_path: Path) -> None:
+    class Refusing(ScriptedGuest):
+        def check_images(self, images: Sequence[Path]) -> list[str]:
+            self.checked = list(images)
+            return [f"{image.name} imports functions the guest does not implement: ntoskrnl.exe!KeFoo" for image in images]
+
+    guests: list[Refusing] = []
+    drivers = tmp_path / "drivers"
+    drivers.mkdir()
+    (drivers / "sender.sys").write_bytes(b"MZ")
+    (tmp_path / "case.yaml").write_text(SCENARIO)
+
+    def factory(timeline: Timeline, run_dir: Path) -> Guest:
+        guests.append(Refusing(timeline, run_dir, succeed))
+        return guests[-1]
+
+    result = run_scenario(load_scenario(tmp_path / "case.yaml"), factory, drivers, tmp_path / "out")
+    assert result.outcome == "error"
+    assert result.message == "sender.sys imports functions the guest does not implement: ntoskrnl.exe!KeFoo"
+    assert guests[0].checked == [drivers / "sender.sys"]
+    assert not guests[0].started and not guests[0].installed and not guests[0].stopped
+    assert [s.state for s in result.steps] == ["skipped", "skipped", "skipped"]
+
+
+def test_every_guest_runs_every_image_unless_it_says_otherwise(tmp_path: Path) -> None:
+    assert ScriptedGuest(Timeline(), tmp_path, succeed).check_images([tmp_path / "any.sys"]) == []

@@ -5,8 +5,10 @@ debugging need it off), a SATA disk (no virtio-win drivers), an e1000e NIC on
 user-mode networking restricted to the host, with one loopback port forward
 for WinRM or SSH, COM1 as a unix socket for the kernel debugger with a
 ``<log>`` copy on disk, optional COM2 for plain text, Hyper-V
-enlightenments and the Hyper-V crash MSRs (``<panic model='hyperv'/>``), so a
-bugcheck reaches libvirt with its code. The Linux stand-in guest uses the
+enlightenments with the clock libvirt recommends for Windows, and the
+Hyper-V crash MSRs (``<panic model='hyperv'/>``), so a bugcheck reaches
+libvirt with its code. Under TCG the CPU is a named model with SSE4.2 and
+POPCNT (Windows 11 24H2 needs them). The Linux stand-in guest uses the
 same function with a direct kernel boot and an ISA pvpanic device.
 """
 
@@ -19,6 +21,8 @@ from typing import Literal
 
 METADATA_NS = "urn:kcb-harness:vm:1"
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+CPU_MODEL_TCG = "Nehalem"
+CPU_FEATURES_REQUIRED = ("sse4.2", "popcnt")
 
 
 @dataclass(frozen=True)
@@ -118,14 +122,30 @@ def domain_xml(spec: DomainSpec) -> str:
         _sub(hyperv, "relaxed", state="on")
         _sub(hyperv, "vapic", state="on")
         _sub(hyperv, "spinlocks", state="on", retries="8191")
+        if spec.domain_type != "qemu":
+            # QEMU's hyperv.rst: synic needs vpindex; stimer needs vpindex, synic and hv-time (the hypervclock timer
+            # below). QEMU 7.2 refuses hv-vpindex without KVM ("kernel doesn't allow setting HyperV VP_INDEX"), and
+            # under TCG no enlightenment reaches the guest anyway: these three only with KVM.
+            for enlightenment in ("vpindex", "synic", "stimer"):
+                _sub(hyperv, enlightenment, state="on")
     if spec.firmware == "uefi":
         _sub(features, "smm", state="on")
     if spec.domain_type == "kvm":
         _sub(domain, "cpu", mode="host-passthrough")
     else:
-        _sub(_sub(domain, "cpu", mode="custom", match="exact"), "model", "qemu64", fallback="allow")
+        # Windows 11 24H2 does not boot without SSE4.2 and POPCNT (qemu64 has neither). Nehalem is QEMU's oldest
+        # model with both and runs under TCG; fallback=forbid and the required features: never silently less.
+        cpu = _sub(domain, "cpu", mode="custom", match="exact")
+        _sub(cpu, "model", CPU_MODEL_TCG, fallback="forbid")
+        for feature in CPU_FEATURES_REQUIRED:
+            _sub(cpu, "feature", policy="require", name=feature)
     clock = _sub(domain, "clock", offset="utc")
     if spec.hyperv:
+        # What libvirt and virt-manager set for Windows guests: RTC ticks caught up, PIT ticks delayed, no HPET,
+        # and the Hyper-V reference clock.
+        _sub(clock, "timer", name="rtc", tickpolicy="catchup")
+        _sub(clock, "timer", name="pit", tickpolicy="delay")
+        _sub(clock, "timer", name="hpet", present="no")
         _sub(clock, "timer", name="hypervclock", present="yes")
     _sub(domain, "on_poweroff", "destroy")
     _sub(domain, "on_reboot", "restart")

@@ -48,6 +48,7 @@ from harness.transports.commands import (
     create_service,
     list_files,
     powershell,
+    ps_literal,
     sc_error,
     sc_script,
     set_parameters,
@@ -125,7 +126,7 @@ class VmSession:
             raise ConfigError(f"the Windows golden image {settings.image} does not exist{where}: {IMAGE_HELP}")
         from harness.image.build import check_manifest
 
-        if check_manifest(settings.image, self.host) is None:
+        if check_manifest(settings.image, self.host, self.config.transport.type) is None:
             log.warning("%s has no manifest (prepared by hand?): its settings are not checked", settings.image)
         if settings.firmware == "uefi" and not self.host.is_file(settings.ovmf_code):
             raise ConfigError(f"UEFI firmware {settings.ovmf_code} not found{where}: apt-get install ovmf (or set vm.ovmf_code)")
@@ -226,6 +227,7 @@ class LibvirtGuest(Guest):
         self.readers: list[SerialReader] = []
         self.transport: Transport | None = None
         self.watchdog: Watchdog | None = None
+        self.upload_folder_ready = False
 
     @property
     def raw_log(self) -> Path:
@@ -247,7 +249,9 @@ class LibvirtGuest(Guest):
         kd = KdSerialReader(self.session.serial_endpoint(spec.com1), self.timeline, self.raw_log)
         self.readers.append(kd)
         if spec.com2 is not None:
-            self.readers.append(TextSerialReader(self.session.serial_endpoint(spec.com2), self.timeline, self.run_dir / "com2.log"))
+            self.readers.append(
+                TextSerialReader(self.session.serial_endpoint(spec.com2), self.timeline, self.run_dir / "com2.log", source="com2")
+            )
         for reader in self.readers:
             reader.start()
             if not reader.wait_connected(1, timeout=30):
@@ -312,7 +316,13 @@ class LibvirtGuest(Guest):
     def install(self, driver: DriverInstall, timeout: float) -> None:
         if self.transport is None:
             raise GuestError("the VM guest is not started")
-        remote = f"{self.session.config.guest_dir}\\{driver.service}.sys"
+        folder = self.session.config.guest_dir
+        if not self.upload_folder_ready:  # SFTP does not create the folder it writes into
+            code, output = self._run(f"New-Item -ItemType Directory -Force -Path {ps_literal(folder)} | Out-Null", timeout)
+            if code != 0:
+                raise GuestError(f"creating {folder} failed: {output.strip()[:300]}")
+            self.upload_folder_ready = True
+        remote = f"{folder}\\{driver.service}.sys"
         self.transport.upload(driver.image, remote, timeout)
         code, output = self._run(create_service(driver.service, remote), timeout)
         if code != 0:

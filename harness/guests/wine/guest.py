@@ -14,18 +14,19 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
+from harness.driver.pe import ImageUnreadable, read_image
 from harness.errors import GuestError, GuestHung
 from harness.guests.base import ControlResult, DriverInstall, Guest
+from harness.guests.wine.imagecheck import refusal
 from harness.guests.wine.log import KernelLogParser
-from harness.guests.wine.prefix import ANCHOR_SERVICE, GUEST_DIR, SERVICE_GROUP, WinePrefix
+from harness.guests.wine.prefix import ANCHOR_SERVICE, GUEST_DIR, SERVICE_GROUP, WinePrefix, install_file
 from harness.kernel.events import DriverStatus, Event, GuestCrash, StackReport
 from harness.timeline import Timeline
 
@@ -102,6 +103,20 @@ class WineGuest(Guest):
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    def check_images(self, images: Sequence[Path]) -> list[str]:
+        # Wine would load such an image and fail in ways that look like the driver's fault (a service that times
+        # out, STATUS_DLL_INIT_FAILED, a stub's exception in the middle of a run): refuse it first, saying why.
+        inventory = self.prefix.kernel_inventory()
+        lines: list[str] = []
+        for image in dict.fromkeys(images):
+            try:
+                line = refusal(image.name, read_image(image), inventory)
+            except ImageUnreadable as error:
+                line = str(error)
+            if line is not None:
+                lines.append(line)
+        return lines
+
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._lock.__enter__()
@@ -157,7 +172,7 @@ class WineGuest(Guest):
         # One file per service: the same image under two services must be two modules.
         target = self.prefix.guest_dir / f"{driver.service}.sys"
         try:
-            shutil.copyfile(driver.image, target)
+            install_file(driver.image, target)
         except OSError as error:
             raise GuestError(f"cannot copy {driver.image} into the guest: {error}") from None
         self._install_service(driver.service, f"{GUEST_DIR}\\{driver.service}.sys", driver.parameters, timeout)

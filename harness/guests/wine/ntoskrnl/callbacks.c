@@ -7,10 +7,19 @@
  * forwarded to Wine's builtin ntoskrnl, copied into the prefix as
  * ntoskwine.dll (see ntoskrnl.py). The drivers under test are never patched.
  *
- * Semantics follow Microsoft's documentation of callback objects:
+ * Semantics follow Microsoft's documentation of callback objects (each
+ * behaviour, its source and its check: docs/windows-facts.md):
  *  - ExCreateCallback opens an existing named object (Create TRUE or FALSE);
  *    with Create=FALSE and no such name it fails with
- *    STATUS_OBJECT_NAME_NOT_FOUND; an unnamed object can only be created.
+ *    STATUS_OBJECT_NAME_NOT_FOUND; AllowMultipleCallbacks only counts when
+ *    the object is created. Unnamed objects are not permitted:
+ *    STATUS_UNSUCCESSFUL.
+ *  - The system-defined objects \Callback\SetSystemTime, \Callback\PowerState
+ *    and \Callback\ProcessorAdd exist from the start (permanent, case-
+ *    insensitive, several registrations). Nothing here ever notifies them (no
+ *    clock changes, power events or new processors reach a driver); a driver
+ *    that notifies one itself, which the documentation forbids, gets a
+ *    "kcb-shim: warning:" line and its routines called as Windows would.
  *  - The name is kept in the namespace only with OBJ_PERMANENT: without it the
  *    only handle is closed before ExCreateCallback returns, and on Windows a
  *    temporary object's name disappears with its last handle.
@@ -50,6 +59,7 @@ typedef struct callback_object {
     BOOLEAN permanent;
     BOOLEAN named;
     BOOLEAN allow_multiple;
+    const char *system_name;  /* set for the objects the system defines */
     UNICODE_STRING name;
     LIST_ENTRY link;          /* in g_objects */
     LIST_ENTRY registrations; /* of struct registration, in registration order */
@@ -189,10 +199,11 @@ NTSTATUS NTAPI ExCreateCallback(PCALLBACK_OBJECT *result, POBJECT_ATTRIBUTES att
 
     if (name != NULL && name->Length == 0)
         name = NULL;
-    if (name != NULL && !in_callback_directory(name))
-        return STATUS_OBJECT_PATH_NOT_FOUND;
-    if (name == NULL && !create)
+    /* "Unnamed callback objects are not permitted ... the call fails with STATUS_UNSUCCESSFUL." */
+    if (name == NULL)
         return STATUS_UNSUCCESSFUL;
+    if (!in_callback_directory(name))
+        return STATUS_OBJECT_PATH_NOT_FOUND;
 
     if (create) {
         created = new_object(name, permanent, allow_multiple);
@@ -287,6 +298,9 @@ VOID NTAPI ExNotifyCallback(PCALLBACK_OBJECT handle, PVOID argument1, PVOID argu
         SHIM_LOG("kcb-shim: ExNotifyCallback(%p): not a callback object\n", handle);
         return;
     }
+    if (object->system_name != NULL)
+        SHIM_LOG("kcb-shim: warning: ExNotifyCallback on the system-defined callback object %s: "
+                 "drivers must not notify it (ExNotifyCallback documentation)\n", object->system_name);
     KeAcquireSpinLock(&object->lock, &irql);
     link = object->registrations.Flink;
     while (link != &object->registrations) {
@@ -409,11 +423,40 @@ NTSTATUS NTAPI ZwUnloadDriver(PUNICODE_STRING service)
     return status;
 }
 
+/* The callback objects Windows creates at boot for drivers to open (as ReactOS does: permanent, case-insensitive, multiple). */
+static void create_system_objects(void)
+{
+    static const struct {
+        PCWSTR name;
+        const char *text;
+    } system_objects[] = {
+        {L"\\Callback\\SetSystemTime", "\\Callback\\SetSystemTime"},
+        {L"\\Callback\\PowerState", "\\Callback\\PowerState"},
+        {L"\\Callback\\ProcessorAdd", "\\Callback\\ProcessorAdd"},
+    };
+    ULONG i;
+
+    for (i = 0; i < sizeof(system_objects) / sizeof(system_objects[0]); i++) {
+        UNICODE_STRING name;
+        OBJECT_ATTRIBUTES attributes;
+        PCALLBACK_OBJECT object;
+
+        RtlInitUnicodeString(&name, system_objects[i].name);
+        InitializeObjectAttributes(&attributes, &name, OBJ_PERMANENT | OBJ_CASE_INSENSITIVE, NULL, NULL);
+        if (NT_SUCCESS(ExCreateCallback(&object, &attributes, TRUE, TRUE))) {
+            ((callback_object *)object)->system_name = system_objects[i].text;
+            release_object((callback_object *)object); /* the name keeps it: it is permanent */
+        }
+    }
+}
+
 BOOL WINAPI ShimEntry(PVOID module, ULONG reason, PVOID reserved)
 {
     UNREFERENCED_PARAMETER(module);
     UNREFERENCED_PARAMETER(reserved);
-    if (reason == 1 /* DLL_PROCESS_ATTACH */)
+    if (reason == 1 /* DLL_PROCESS_ATTACH (winnt.h; not in the DDK headers) */) {
+        create_system_objects();
         kcb_triage_init();
+    }
     return TRUE;
 }
