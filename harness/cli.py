@@ -19,6 +19,7 @@ from harness.config import Settings, default_state_dir, project_root
 from harness.errors import ConfigError, GuestError, HarnessError, ScenarioError
 from harness.guests import GUESTS, open_lanes
 from harness.image.answer import ImageOptions
+from harness.runner import ScenarioResult
 from harness.scenario.loader import LoadedScenario, discover, load_scenario
 from harness.suite import Item, Suite, SuiteResult, expand, parse_shard, select_shard
 
@@ -31,6 +32,15 @@ def _guest_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-j", "--jobs", type=int, help="scenarios at once, each on a guest of its own (default: the number of CPU cores)")
     parser.add_argument(
         "--no-warm", action="store_true", help="start each guest when its scenario starts (default: the next one starts meanwhile)"
+    )
+    parser.add_argument(
+        "--symbols",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="another folder with the drivers' symbol files (X.debug with DWARF, X.map) to name crash and hang frames; "
+        "the drivers folder itself is always searched first (repeatable)",
     )
 
 
@@ -162,7 +172,10 @@ def image_options(args: argparse.Namespace) -> ImageOptions:
 def run_suite(items: list[Item], settings: Settings, jobs: int, warm: bool, verbose: bool = False) -> SuiteResult:
     """Run ``items`` on the guest of ``settings`` (a lane of its own per worker), printing each start and verdict."""
     with open_lanes(settings) as lanes:
-        return Suite(items, lanes, settings.out_dir, jobs=jobs, warm=warm, progress=_say, verbose=verbose).run()
+        suite = Suite(
+            items, lanes, settings.out_dir, jobs=jobs, warm=warm, progress=_say, verbose=verbose, symbol_dirs=settings.symbol_dirs
+        )
+        return suite.run()
 
 
 def _say(line: str) -> None:
@@ -175,6 +188,20 @@ def _interrupted(outcome: SuiteResult, total: int, out: Path) -> int:
     return EXIT_INTERRUPTED
 
 
+def signature_summary(results: list[ScenarioResult]) -> list[str]:
+    """Crashes and hangs grouped by signature, most frequent first."""
+    groups: dict[str, list[str]] = {}
+    for result in results:
+        if result.signature is not None:
+            groups.setdefault(result.signature, []).append(result.id)
+    if not groups:
+        return []
+    lines = ["crashes and hangs by signature:"]
+    for signature, ids in sorted(groups.items(), key=lambda item: (-len(item[1]), item[0])):
+        lines.append(f"  {len(ids)} x {signature}: {', '.join(ids)}")
+    return lines
+
+
 def compare_command(args: argparse.Namespace) -> int:
     from harness.compare import compare, render
 
@@ -183,7 +210,7 @@ def compare_command(args: argparse.Namespace) -> int:
             raise ConfigError(f"drivers folder {folder} does not exist")
     scenarios = load_all(args.paths or [project_root() / "scenarios"])
     out = args.out or project_root() / "build" / "compare"
-    settings = Settings.defaults(out_dir=out, guest=args.guest, config=args.config)
+    settings = Settings.defaults(out_dir=out, guest=args.guest, config=args.config, symbol_dirs=tuple(args.symbols))
     items = expand(scenarios, {"baseline": args.baseline, "candidate": args.candidate})
     outcome = run_suite(items, settings, _jobs(args), warm=not args.no_warm)
     if outcome.interrupted is not None:
@@ -321,7 +348,9 @@ def _jobs(args: argparse.Namespace) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    settings = Settings.defaults(out_dir=args.out, drivers_dir=args.drivers, guest=args.guest, config=args.config)
+    settings = Settings.defaults(
+        out_dir=args.out, drivers_dir=args.drivers, guest=args.guest, config=args.config, symbol_dirs=tuple(args.symbols)
+    )
     scenarios = load_all(args.paths or [project_root() / "scenarios"])
     if not settings.drivers_dir.is_dir():
         raise ConfigError(f"drivers folder {settings.drivers_dir} does not exist: run `make build` or pass --drivers")
@@ -336,6 +365,8 @@ def run_command(args: argparse.Namespace) -> int:
         return _interrupted(outcome, len(items), settings.out_dir)
     results = outcome.results
     passed = sum(1 for r in results if r.passed)
+    for line in signature_summary(results):
+        print(line)
     print(f"{passed} passed, {len(results) - passed} failed in {time.monotonic() - started:.1f}s; reports in {settings.out_dir}")
     return EXIT_OK if passed == len(results) else EXIT_FAILED
 

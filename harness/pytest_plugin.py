@@ -73,7 +73,7 @@ class _Session:
             warm = not self.config.getoption("--kcb-no-warm") and lanes.capacity is None
             per_worker = 2 if warm else 1
             first = _xdist_worker_number(self.config) * per_worker
-            self.worker = Worker(lanes, tuple(range(first, first + per_worker)), self.settings.out_dir)
+            self.worker = Worker(lanes, tuple(range(first, first + per_worker)), self.settings.out_dir, None, self.settings.symbol_dirs)
         return self.worker.run(item, next_item)
 
     def close(self) -> None:
@@ -203,6 +203,8 @@ class ScenarioItem(pytest.Item):
         self.user_properties.append(("outcome", result.outcome))
         self.user_properties.append(("raw_log", str(result.raw_log)))
         self.user_properties.append((_RESULT_PROPERTY, str(result.run_dir / "result.json")))
+        if result.signature is not None:
+            self.user_properties.append(("signature", result.signature))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, ScenarioFailed):
@@ -211,6 +213,10 @@ class ScenarioItem(pytest.Item):
             if result.context:
                 lines.append("kernel log nearby:")
                 lines += [f"  +{line.t:.3f}s {line.text}" for line in result.context]
+            if result.triage is not None:
+                lines.append(result.triage.render().rstrip("\n"))
+            elif result.signature is not None:
+                lines.append(f"signature: {result.signature}")
             lines.append(f"raw kernel log: {result.raw_log}")
             return "\n".join(lines)
         return super().repr_failure(excinfo)

@@ -120,6 +120,7 @@ class Worker:
     numbers: tuple[int, ...]  # the lanes this worker owns
     out_dir: Path
     progress: Callable[[str], None] | None = None
+    symbol_dirs: tuple[Path, ...] = ()  # more folders with the drivers' symbol files
     _turn: int = 0
     _pending: tuple[Item, SetUp] | None = None
     _lanes: dict[int, _Lane] = field(default_factory=dict)
@@ -159,7 +160,8 @@ class Worker:
         number = self.numbers[self._turn % len(self.numbers)]
         self._turn += 1
         lane = self._lanes.setdefault(number, _Lane())
-        prepared = set_up(item.scenario, self.lanes.factory(number, item.image), item.drivers_dir, self.out_dir / "scenarios" / item.key)
+        factory = self.lanes.factory(number, item.image)
+        prepared = set_up(item.scenario, factory, item.drivers_dir, self.out_dir / "scenarios" / item.key, self.symbol_dirs)
         if prepared.guest is not None:
             prepared.guest.stop_later = lane.stop_later
             if early:
@@ -206,6 +208,7 @@ class Suite:
         warm: bool = True,
         progress: Callable[[str], None] | None = None,
         verbose: bool = False,
+        symbol_dirs: Sequence[Path] = (),
     ) -> None:
         self.items = list(items)
         self.lanes = lanes
@@ -216,6 +219,7 @@ class Suite:
         self.warm = warm and (capacity is None or capacity >= 2 * self.jobs)
         self.progress = progress
         self.verbose = verbose
+        self.symbol_dirs = tuple(symbol_dirs)
         self._queue: queue.Queue[int] = queue.Queue()
         self._results: dict[int, ScenarioResult] = {}
         self._lock = threading.Lock()
@@ -233,7 +237,13 @@ class Suite:
             self._queue.put(index)
         per_worker = 2 if self.warm else 1
         self._workers = [
-            Worker(self.lanes, tuple(range(n * per_worker, (n + 1) * per_worker)), self.out_dir, self.progress if self.verbose else None)
+            Worker(
+                self.lanes,
+                tuple(range(n * per_worker, (n + 1) * per_worker)),
+                self.out_dir,
+                self.progress if self.verbose else None,
+                self.symbol_dirs,
+            )  # fmt: skip
             for n in range(self.jobs)
         ]
         # Each worker says when it has finished (its guests torn down). Not Thread.join: a join that Ctrl-C
@@ -308,11 +318,24 @@ class Suite:
         with self._lock:
             self._results[index] = result
         if self.progress is not None:
-            mark = "PASS" if result.passed else result.outcome.upper()
-            self.progress(f"{mark:<4} {result.key} ({result.duration:.2f}s){': ' + result.message if result.message else ''}")
+            for line in verdict_lines(result):
+                self.progress(line)
         self._write_reports()
 
     def _write_reports(self) -> None:
         with self._lock:
             results = [self._results[index] for index in sorted(self._results)]
             write_reports(results, self.out_dir)
+
+
+def verdict_lines(result: ScenarioResult) -> list[str]:
+    """The console's lines for a finished item: its verdict, and on a crash or hang its signature and where it happened."""
+    mark = "PASS" if result.passed else result.outcome.upper()
+    lines = [f"{mark:<4} {result.key} ({result.duration:.2f}s){': ' + result.message if result.message else ''}"]
+    if result.signature is not None:
+        lines.append(f"     signature {result.signature}")
+        culprit = result.triage.culprit if result.triage is not None else None
+        if result.triage is not None and culprit is not None:
+            lines.append(f"     at {culprit.describe()}")
+            lines.append(f"     stack: {result.triage.chain()}")
+    return lines

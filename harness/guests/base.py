@@ -111,6 +111,19 @@ class Guest(ABC):
             GuestHung: no answer within ``timeout`` seconds.
         """
 
+    def module_name(self, driver: DriverInstall) -> str:
+        """The file name the guest's module list gives ``driver``'s image (to tell its frames in a stack)."""
+        return driver.image.name
+
+    def system_images(self) -> tuple[Path, ...]:
+        """Host folders with the guest's own images (kernel, libraries), to name frames outside the drivers."""
+        return ()
+
+    def report_stacks(self, timeout: float) -> None:
+        """After a hang, while the guest still runs: have it report its threads' stacks (a ``StackReport`` on the
+        timeline) within about ``timeout`` seconds; never raises. The default has no way to ask."""
+        del timeout
+
     def collect_crash_evidence(self, dest: Path) -> CrashEvidence:
         """After a crash: pull what the guest wrote about it (a crash dump) into ``dest``; never raises.
 

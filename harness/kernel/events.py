@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from harness.kernel.stacks import StackReport as StackReport
+
 #: Where a line came from: the kernel debug log (DbgPrint), or another source (a serial console, a program's output).
 KERNEL = "kernel"
 
@@ -71,4 +73,4 @@ class Action:
     ok: bool = True
 
 
-Event = LogLine | DriverStatus | GuestCrash | GuestHang | DebugEvent | Action
+Event = LogLine | DriverStatus | GuestCrash | GuestHang | DebugEvent | Action | StackReport

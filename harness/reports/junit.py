@@ -53,6 +53,8 @@ def junit_xml(results: Sequence[ScenarioResult], suite: str = "kcb-harness") -> 
         ET.SubElement(properties, "property", name="raw_log", value=str(result.raw_log))
         if result.crash is not None and result.crash.code is not None:
             ET.SubElement(properties, "property", name="crash_code", value=f"0x{result.crash.code:08X}")
+        if result.signature is not None:
+            ET.SubElement(properties, "property", name="signature", value=_clean(result.signature))
         if result.outcome == "failed":
             ET.SubElement(case, "failure", message=_clean(result.message), type="failed").text = _clean(_context(result))
         elif result.outcome != "passed":
@@ -68,7 +70,10 @@ def junit_xml(results: Sequence[ScenarioResult], suite: str = "kcb-harness") -> 
 
 def _context(result: ScenarioResult) -> str:
     lines = "".join(f"  +{line.t:.3f}s {line.text}\n" for line in result.context)
-    return f"{result.message}\n{lines}" if lines else result.message
+    text = f"{result.message}\n{lines}" if lines else result.message
+    if result.triage is not None:
+        text += ("" if text.endswith("\n") else "\n") + result.triage.render()
+    return text
 
 
 def write_junit(results: Sequence[ScenarioResult], path: Path) -> None:

@@ -4,7 +4,7 @@ Written as each scenario finishes; read back by the report writer (the suite's
 own run, pytest-xdist's controller, ``report merge`` of CI shards). The codec is
 driven by the dataclasses' type hints: every dataclass is written with its
 class name (so a union of event types reads back as the right type), paths as
-text, tuples as lists. Pure except for ``save``/``load``.
+text, bytes as hex text, tuples as lists. Pure except for ``save``/``load``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ def encode(value: Any) -> Any:
         return {_TYPE: type(value).__name__, **{f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}}
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, bytes):
+        return value.hex()
     if isinstance(value, list | tuple):
         return [encode(item) for item in value]
     if isinstance(value, dict):
@@ -61,6 +63,11 @@ def decode(data: Any, hint: Any) -> Any:
         return data
     if hint is Path:
         return Path(data)
+    if hint is bytes:
+        try:
+            return bytes.fromhex(data)
+        except (TypeError, ValueError):
+            raise ResultFormatError(f"expected hex bytes, got {str(data)[:80]!r}") from None
     if origin is Literal:
         if data not in get_args(hint):
             raise ResultFormatError(f"{data!r} is not one of {get_args(hint)}")
@@ -102,7 +109,7 @@ def decode(data: Any, hint: Any) -> Any:
 
 
 def _fits(data: Any, option: Any) -> bool:
-    if option is Path:
+    if option is Path or option is bytes:
         return isinstance(data, str)
     if option is float:
         return isinstance(data, int | float) and not isinstance(data, bool)

@@ -9,8 +9,10 @@ import pytest
 
 from harness.guests.base import CrashEvidence
 from harness.kernel.events import Action, DebugEvent, DriverStatus, GuestCrash, GuestHang, LogLine
+from harness.kernel.stacks import ModuleRange, StackFrame, StackReport, ThreadStack
 from harness.reports.store import ResultFormatError, load, load_dir, save
 from harness.runner import ScenarioResult, StepResult
+from harness.triage.model import Frame, ThreadTriage, Triage
 
 
 def full_result(run_dir: Path) -> ScenarioResult:
@@ -31,6 +33,24 @@ def full_result(run_dir: Path) -> ScenarioResult:
             Action(0.1, 0.2, "load", "load sender", "STATUS_SUCCESS (0x00000000)", True),
             DebugEvent(0.3, "module", "module load: receiver.sys"),
             GuestHang(9.0, "no serial output"),
+            StackReport(
+                2.4,
+                "crash",
+                (
+                    ThreadStack(
+                        0x12C,
+                        (StackFrame(0x27C1020, 0x26BFD48, "context"),),
+                        "thread-start",
+                        (("rip", 0x27C1020),),
+                        ((0x26BFD48, b"\xe6\x17\x00"),),
+                    ),
+                ),  # fmt: skip
+                (ModuleRange("C:\\kcb\\sysRecv1.sys", 0x27C0000, 0x9000, True, 1, "sysRecv1"),),
+                code=0xC0000005,
+                address=0x27C1020,
+                parameters=(8, 0x27C1020),
+                thread=0x12C,
+            ),
             crash,
         ],
         duration=3.5,
@@ -38,6 +58,17 @@ def full_result(run_dir: Path) -> ScenarioResult:
         context=[LogLine(0.25, "[sysTest] send.\t(tab)")],
         raw_log_file=run_dir / "kernel-raw.log",
         crash_evidence=CrashEvidence((run_dir / "crash" / "MINI.dmp",), "1 crash dump(s) pulled after 3s"),
+        triage=Triage(
+            kind="crash",
+            signature="0xC0000005 receiver.sys!OnNotify (unloaded)",
+            threads=(
+                ThreadTriage(
+                    0x12C, (Frame(0x27C1020, "context", "receiver.sys", 0x1020, "OnNotify", None, "r.c", 91, ("x",), True, True, "step 4"),)
+                ),
+            ),
+            code=0xC0000005,
+            notes=("a note",),
+        ),
     )
 
 

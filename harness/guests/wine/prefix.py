@@ -211,7 +211,7 @@ class WinePrefix:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
-    def _run(self, args: list[str], timeout: float) -> tuple[int, str]:
+    def run(self, args: list[str], timeout: float) -> tuple[int, str]:
         """Run a Wine program to completion; (exit code, its output). Output goes through a file, not a pipe."""
         with tempfile.TemporaryFile() as output:
             try:
@@ -240,13 +240,13 @@ class WinePrefix:
             if not (self.root / "system.reg").is_file():
                 log.info("creating Wine prefix %s (once, ~10 s)", self.root)
                 self.root.mkdir(parents=True, exist_ok=True)
-                _, output = self._run(["wineboot", "--init"], timeout=300)
+                _, output = self.run(["wineboot", "--init"], timeout=300)
                 self.kill_session()  # saves the registry
                 if not (self.root / "system.reg").is_file():
                     raise GuestError(f"wineboot --init failed for {self.root}: {output.strip()[-500:]}")
             # A crashing driver host must just die: with the value missing Wine falls back to winedbg,
             # which can hang the run; a debugger that cannot start makes Wine give up at once.
-            self._run(["reg", "add", _AEDEBUG, "/v", "Debugger", "/t", "REG_SZ", "/d", NO_DEBUGGER, "/f"], timeout=60)
+            self.run(["reg", "add", _AEDEBUG, "/v", "Debugger", "/t", "REG_SZ", "/d", NO_DEBUGGER, "/f"], timeout=60)
             self.kill_session()
             system32 = self.root / "drive_c" / "windows" / "system32"
             install_file(self.files.ntoskrnl, system32 / "ntoskrnl.exe")
