@@ -35,16 +35,10 @@ from harness.guests.base import ControlResult, CrashEvidence, DriverInstall, Gue
 from harness.guests.libvirt_vm.config import HarnessConfig
 from harness.guests.libvirt_vm.domain_xml import DomainSpec, PortForward
 from harness.guests.libvirt_vm.dumps import collect_dumps, dump_names
+from harness.guests.libvirt_vm.events import LifecycleEvent, crash_from_lifecycle
 from harness.guests.libvirt_vm.host import LocalHost, VmHost, free_port, parse_remote_uri, remote_port, vm_host
-from harness.guests.libvirt_vm.vm import (
-    LifecycleEvent,
-    VirtualMachine,
-    Watchdog,
-    crash_from_lifecycle,
-    detect_accel,
-    new_name,
-    remove_stale,
-)
+from harness.guests.libvirt_vm.vm import VirtualMachine, Watchdog, detect_accel, new_name, remove_stale
+from harness.image.manifest import check_manifest
 from harness.kd.serial import Endpoint, KdSerialReader, SerialReader, TextSerialReader
 from harness.kernel.events import DebugEvent, Event, GuestCrash, GuestHang, LogLine
 from harness.timeline import Timeline
@@ -144,8 +138,6 @@ class VmSession:
         where = "" if isinstance(self.host, LocalHost) else f" on {self.host.name}"
         if not self.host.is_file(settings.image):
             raise ConfigError(f"the Windows golden image {settings.image} does not exist{where}: {IMAGE_HELP}")
-        from harness.image.build import check_manifest
-
         if check_manifest(settings.image, self.host, self.config.transport.type) is None:
             log.warning("%s has no manifest (prepared by hand?): its settings are not checked", settings.image)
         if settings.firmware == "uefi" and not self.host.is_file(settings.ovmf_code):
@@ -312,7 +304,7 @@ class LibvirtGuest(Guest):
         vm = self.session.vm
         self.session.prepare()
         vm.revert(paused=True, name=self._snapshot_name())  # may reboot the VM once (Driver Verifier): not a crash
-        vm.listeners.append(self._on_lifecycle)
+        vm.lifecycle.add_listener(self._on_lifecycle)
         # Attached until stop(): through the restart after a crash too (collect_crash_evidence runs before stop()).
         self.readers = self.session.attach_readers(self.timeline, self.run_dir)
         vm.resume()
@@ -362,9 +354,7 @@ class LibvirtGuest(Guest):
         for reader in self.readers:
             reader.stop()
         self.readers.clear()
-        listeners = self.session.vm.listeners
-        if self._on_lifecycle in listeners:
-            listeners.remove(self._on_lifecycle)
+        self.session.vm.lifecycle.remove_listener(self._on_lifecycle)
 
     def _run(self, script: str, timeout: float) -> tuple[int, str]:
         if self.transport is None:
