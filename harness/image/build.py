@@ -19,13 +19,14 @@ import logging
 import os
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from harness.errors import ConfigError, GuestError, HarnessError
-from harness.guests.libvirt_vm.domain_xml import DomainSpec
+from harness.guests.libvirt_vm.config import VmSettings
 from harness.guests.libvirt_vm.host import parse_remote_uri
+from harness.guests.libvirt_vm.spec import vm_spec
 from harness.guests.libvirt_vm.vm import VirtualMachine, detect_accel, new_name
 from harness.image.answer import PROGRESS_PREFIX, SETTINGS, ImageOptions, answer_files, expected_settings
 from harness.image.iso import make_iso
@@ -152,15 +153,19 @@ def build_image(request: BuildRequest, progress: Callable[[str], None] = print) 
         answers.unlink(missing_ok=True)
         raise GuestError(f"qemu-img could not create {request.out}: {created.stderr.strip()}")
     run = work / "run"
-    spec = DomainSpec(
-        name=work.name, memory_mib=request.memory_mib, vcpus=request.vcpus, disk=request.out,
-        domain_type="kvm" if detect_accel() == "kvm" else "qemu", firmware="uefi", ovmf_code=request.ovmf_code, nvram=request.ovmf_vars,
-        com2=run / "com2.sock", com2_log=run / "com2.log", panic="none", hyperv=True, cdroms=(request.iso, answers),
+    direct: dict[str, object] = {}
+    if request.kernel is not None:  # the stand-in in the installer's place (tests of this flow)
+        direct = {"kernel": request.kernel[0], "initrd": request.kernel[1], "cmdline": request.kernel[2]}
+    settings = VmSettings.model_validate(
+        {"uri": request.uri, "image": request.out, "memory_mib": request.memory_mib, "vcpus": request.vcpus, "firmware": "uefi",
+         "ovmf_code": request.ovmf_code, "ovmf_vars": request.ovmf_vars, "hyperv": True, **direct}
+    )  # fmt: skip
+    accel = detect_accel()
+    # One serial port (Windows may not call it COM2: the script writes to every port), an answer ISO, a TPM for Windows 11.
+    spec = vm_spec(
+        settings, work.name, run, accel, com1=None, com2=run / "com2.sock", cdroms=(request.iso, answers),
         tpm=request.options.windows11, owner_pid=os.getpid(),
     )  # fmt: skip
-    if request.kernel is not None:
-        kernel, initrd, cmdline = request.kernel
-        spec = replace(spec, kernel=kernel, initrd=initrd, cmdline=cmdline)
     vm = VirtualMachine(request.uri, spec, request.out, run)
     timeline = Timeline()
     lines: list[str] = []

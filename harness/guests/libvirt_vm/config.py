@@ -48,6 +48,12 @@ class VmSettings(_Strict):
     dump_timeout: float = 900.0  # seconds for a crashed guest to write its dump, restart and answer again
     ready_timeout: float = 900.0
     watchdog: float = 300.0  # seconds of serial silence with no CPU progress before a scenario is "hung"
+    # The guest: Windows, or the project's Linux stand-in (tests of the VM path without Windows: a kernel booted
+    # directly, plain text on COM1, POSIX commands over SSH, a service-control double; see standin-guest/).
+    guest_os: Literal["windows", "standin"] = "windows"
+    kernel: Path | None = None  # a kernel booted directly (with initrd and cmdline) instead of the disk's boot loader
+    initrd: Path | None = None
+    cmdline: str = ""
 
     @property
     def vm_dir(self) -> Path:
@@ -58,6 +64,14 @@ class VmSettings(_Strict):
     @classmethod
     def _duration(cls, value: object) -> float:
         return parse_duration(value)
+
+    @model_validator(mode="after")
+    def _direct_boot(self) -> VmSettings:
+        if (self.kernel is None) != (self.initrd is None):
+            raise ValueError("kernel and initrd go together")
+        if self.guest_os == "standin" and self.kernel is None:
+            raise ValueError("the stand-in guest boots its kernel directly: give kernel and initrd (make standin builds them)")
+        return self
 
     @field_validator("uri")
     @classmethod
@@ -142,6 +156,6 @@ def load_config(path: Path) -> HarnessConfig:
         raise ConfigFileError(path, 1, "", "expected a mapping with vm: and transport:")
     config = validate(HarnessConfig, data, lines, path, ConfigFileError)
     base = path.parent.resolve()
-    paths = ("image", "work_dir", "ovmf_code", "ovmf_vars")
+    paths = ("image", "work_dir", "ovmf_code", "ovmf_vars", "kernel", "initrd")
     vm = config.vm.model_copy(update={name: base / getattr(config.vm, name) for name in paths if getattr(config.vm, name) is not None})
     return config.model_copy(update={"vm": vm})

@@ -26,17 +26,17 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 from harness.errors import ConfigError, GuestError
 from harness.guests.base import ControlResult, CrashEvidence, DriverInstall, Guest
 from harness.guests.libvirt_vm.config import HarnessConfig
-from harness.guests.libvirt_vm.domain_xml import DomainSpec, PortForward
+from harness.guests.libvirt_vm.domain_xml import PortForward
 from harness.guests.libvirt_vm.dumps import collect_dumps, dump_names
 from harness.guests.libvirt_vm.events import LifecycleEvent, crash_from_lifecycle
 from harness.guests.libvirt_vm.host import LocalHost, VmHost, free_port, parse_remote_uri, remote_port, vm_host
+from harness.guests.libvirt_vm.spec import vm_spec
 from harness.guests.libvirt_vm.vm import VirtualMachine, Watchdog, detect_accel, new_name, remove_stale
 from harness.image.manifest import check_manifest
 from harness.kd.serial import Endpoint, KdSerialReader, SerialReader, TextSerialReader
@@ -106,26 +106,12 @@ class VmSession:
         run = work / "run"
         com1: Path | int = remote_port() if remote else run / "com1.sock"
         com2: Path | int = remote_port() if remote else run / "com2.sock"
-        spec = DomainSpec(
-            name=work.name,
-            memory_mib=settings.memory_mib,
-            vcpus=settings.vcpus,
-            disk=settings.image,
-            domain_type=("kvm" if detect_accel(self.host) == "kvm" else "qemu")
-            if settings.accel == "auto"
-            else ("kvm" if settings.accel == "kvm" else "qemu"),
-            firmware=settings.firmware,
-            ovmf_code=settings.ovmf_code,
-            nvram=settings.ovmf_vars,
-            com1=com1,
-            com1_log=run / "com1-kd.raw",
-            com2=com2 if settings.text_serial else None,
-            com2_log=run / "com2.log" if settings.text_serial else None,
-            panic="hyperv" if settings.hyperv and not settings.crash_dumps else "none",
-            hyperv=settings.hyperv,
-            forwards=(PortForward(self.host_port, config.transport.port),),
-        )
-        self.vm = VirtualMachine(settings.uri, replace(spec, owner_pid=os.getpid()), settings.image, run, host=self.host)
+        accel = detect_accel(self.host, settings.accel)
+        spec = vm_spec(
+            settings, work.name, run, accel, com1=com1, com2=com2, forwards=(PortForward(self.host_port, config.transport.port),),
+            owner_pid=os.getpid(),
+        )  # fmt: skip
+        self.vm = VirtualMachine(settings.uri, spec, settings.image, run, host=self.host)
         # The serial captures of the boots outside scenarios (prepare, Driver Verifier), on this machine; kept after
         # the run (close() removes only the VM's run folder).
         self.log_dir = work

@@ -22,8 +22,10 @@ from typing import Literal
 
 from harness.config import project_root
 from harness.errors import GuestError
-from harness.guests.libvirt_vm.domain_xml import DomainSpec, PortForward
+from harness.guests.libvirt_vm.config import VmSettings
+from harness.guests.libvirt_vm.domain_xml import PortForward
 from harness.guests.libvirt_vm.host import parse_remote_uri, remote_port, vm_host
+from harness.guests.libvirt_vm.spec import vm_spec
 from harness.guests.libvirt_vm.vm import VirtualMachine, detect_accel, new_name
 from harness.transports.base import Transport, connect_with_retries
 from harness.transports.ssh import SshTransport
@@ -73,6 +75,19 @@ def standin_connector(port: int, known_hosts: Path, pause: float = 1.0) -> Calla
     return lambda timeout: connect_with_retries(open_transport, timeout, "the stand-in's sshd", pause=pause)
 
 
+def standin_settings(
+    uri: str, image: Path, kernel: Path, initrd: Path, arguments: str, firmware: Literal["uefi", "bios"] = "uefi", **more: object
+) -> VmSettings:
+    """The VM settings of the stand-in guest (256 MiB, one vCPU, its kernel booted directly with ``arguments``)."""
+    return VmSettings.model_validate(
+        {
+            "uri": uri, "image": image, "memory_mib": 256, "vcpus": 1, "firmware": firmware, "ovmf_code": OVMF_CODE,
+            "ovmf_vars": OVMF_VARS, "hyperv": False, "guest_os": "standin", "kernel": kernel, "initrd": initrd,
+            "cmdline": f"console=ttyS1 quiet panic=0 {arguments}", **more,
+        }
+    )  # fmt: skip
+
+
 def standin_vm(
     uri: str,
     work_dir: Path,
@@ -99,25 +114,11 @@ def standin_vm(
     golden = work_dir.parent / f"{work_dir.name}-golden.qcow2"
     if not host.exists(golden):
         host.run(["qemu-img", "create", "-q", "-f", "qcow2", str(golden), "16M"])
-    spec = DomainSpec(
-        name=new_name(prefix),
-        memory_mib=256,
-        vcpus=1,
-        disk=golden,
-        domain_type="kvm" if detect_accel(host) == "kvm" else "qemu",
-        firmware=firmware,
-        ovmf_code=OVMF_CODE if firmware == "uefi" else None,
-        nvram=OVMF_VARS if firmware == "uefi" else None,
-        kernel=kernel,
-        initrd=initrd,
-        cmdline=f"console=ttyS1 quiet panic=0 kcb.mode={mode}",
-        com1=remote_port() if remote else run / "com1.sock",
-        com1_log=run / "com1.log",
-        com2=remote_port() if remote else run / "com2.sock",
-        panic="isa",
-        hyperv=False,
-        owner_pid=os.getpid(),
-        owned_files=(golden,),
-        forwards=(PortForward(ssh_port, 22),) if ssh_port else (),
-    )
+    settings = standin_settings(uri, golden, kernel, initrd, f"kcb.mode={mode}", firmware)
+    com1, com2 = (remote_port(), remote_port()) if remote else (run / "com1.sock", run / "com2.sock")
+    accel = detect_accel(host)
+    spec = vm_spec(
+        settings, new_name(prefix), run, accel, com1=com1, com2=com2, forwards=(PortForward(ssh_port, 22),) if ssh_port else (),
+        owner_pid=os.getpid(), owned_files=(golden,),
+    )  # fmt: skip
     return VirtualMachine(uri, spec, golden, run, host=host)

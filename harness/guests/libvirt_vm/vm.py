@@ -26,7 +26,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from harness.errors import GuestError
 from harness.guests.libvirt_vm.access import check_reachable
@@ -37,11 +37,14 @@ from harness.guests.libvirt_vm.host import LocalHost, VmHost, vm_host
 log = logging.getLogger(__name__)
 
 
-def detect_accel(host: VmHost | None = None) -> str:
-    """``kvm`` when the VM host has /dev/kvm and a CPU with vmx or svm, else ``qemu`` (TCG).
+def detect_accel(host: VmHost | None = None, setting: Literal["auto", "kvm", "tcg"] = "auto") -> Literal["kvm", "qemu"]:
+    """The libvirt domain type for ``setting``: with ``auto``, ``kvm`` when the VM host has /dev/kvm and a CPU with
+    vmx or svm, else ``qemu`` (TCG).
 
     libvirt may advertise KVM where 64-bit guests do not boot (nested PVM), so the CPU flags decide.
     """
+    if setting != "auto":
+        return "kvm" if setting == "kvm" else "qemu"
     host = host or LocalHost()
     flags = host.read_text(Path("/proc/cpuinfo"))
     has_virt = re.search(r"^flags\s*:.*\b(vmx|svm)\b", flags, re.MULTILINE) is not None
