@@ -13,7 +13,9 @@ to a crash, or to the end of the scenario. Whether a load or unload worked is
 read from the guest's DriverStatus for that step when the guest reports one (the
 embedded guest does); otherwise from the step's result: a passed plain
 ``load x`` loaded it, a load that expected another status did not, and a passed
-unload unloaded it.
+unload unloaded it. A load or unload that failed, or a load refused as the
+scenario expected, is a diamond on the lane where the step started, with its
+status (or the step's state) on a line above the lane's bar.
 
 Log lines are bucketed by pixel column: lines that fall on the same column
 share one tick (its hover text says how many), which looks the same as drawing
@@ -40,6 +42,7 @@ PLOT_WIDTH = PLOT_RIGHT - PLOT_LEFT
 _FLAG_ROW = 16.0  # labels of crash, hang and failed-step lines
 _STEP_ROW = 18.0
 _LANE_ROW = 22.0
+_MARK_TEXT = 11.0  # a lane with failed or refused loads has a line of text above its bar for them
 _TICK_ROW = 18.0
 _AXIS_ROW = 22.0
 _LABEL_CHARS = 26
@@ -193,7 +196,7 @@ def _lanes(steps: Sequence[_Step], result: ScenarioResult, stop: float) -> list[
                 lane.loaded_since = None
             if step.state != "passed":
                 label = f"unload: {_status(status.status)}" if status is not None else f"unload {step.state}"
-                lane.marks.append(_Mark(step.end, True, _state_colour(step.state), label, title))
+                lane.marks.append(_Mark(step.start, True, _state_colour(step.state), label, title))
     for lane in lanes.values():
         if lane.loaded_since is not None:
             lane.intervals.append((lane.loaded_since, max(stop, lane.loaded_since)))
@@ -298,9 +301,19 @@ def _steps(canvas: _Canvas, top: float, ran: Sequence[_Step], total: int) -> Non
     canvas.add("</g>")
 
 
+def _lane_height(lane: _Lane) -> float:
+    return _LANE_ROW + (_MARK_TEXT if lane.marks else 0.0)
+
+
 def _lane(canvas: _Canvas, top: float, lane: _Lane) -> None:
-    """A driver's lane: a thin line, a bar for each loaded interval, a diamond for each failed or refused load or unload."""
+    """A driver's lane: a thin line, a bar for each loaded interval, a diamond for each failed or refused load or unload.
+
+    The diamonds' labels go on a line of their own above the bar, so a driver loaded just after a refused load
+    does not hide the refusal's status.
+    """
     service = f" (service {lane.service})" if lane.service else ""
+    text_y = top + _MARK_TEXT - 2
+    top += _lane_height(lane) - _LANE_ROW
     mid = top + _LANE_ROW / 2
     canvas.label(mid, lane.name, f"driver {lane.name}{service}")
     canvas.add(f'<g class="lane" data-driver="{_esc(lane.name)}">')
@@ -315,11 +328,12 @@ def _lane(canvas: _Canvas, top: float, lane: _Lane) -> None:
     for mark in lane.marks:
         x = canvas.x(mark.t)
         text_colour = mark.colour if mark.failed else "#616161"  # grey text a shade darker than the mark
+        anchor, text_x = ("end", x + 6) if x > PLOT_RIGHT - 200 else ("start", x - 6)
         canvas.add(
             f'<g class="mark {"failed" if mark.failed else "refused"}"><title>{_esc(mark.title)}</title>'
             f'<path d="M{_num(x)} {_num(mid - 6)}l6 6l-6 6l-6 -6z" fill="{mark.colour}" stroke="#fff" shape-rendering="auto"/>'
-            # A white halo keeps the label readable where it runs over a loaded interval.
-            f'<text x="{_num(x + 8)}" y="{_num(mid)}" dominant-baseline="middle" font-size="10" fill="{text_colour}" '
+            # A white halo keeps the label readable over the grid lines.
+            f'<text x="{_num(text_x)}" y="{_num(text_y)}" text-anchor="{anchor}" font-size="10" fill="{text_colour}" '
             f'stroke="#fff" stroke-width="3" paint-order="stroke">{_esc(mark.label)}</text></g>'
         )
     canvas.add("</g>")
@@ -359,7 +373,7 @@ def render_svg(result: ScenarioResult) -> str:
     sources = sorted({line.source for line in lines}, key=lambda s: (s != KERNEL, s))
     kd = sorted((e for e in result.events if isinstance(e, DebugEvent)), key=lambda e: e.t)
 
-    rows = len(lanes) * _LANE_ROW + len(sources) * _TICK_ROW + (_TICK_ROW if kd else 0)
+    rows = sum(_lane_height(lane) for lane in lanes) + len(sources) * _TICK_ROW + (_TICK_ROW if kd else 0)
     steps_top = _FLAG_ROW
     lanes_top = steps_top + _STEP_ROW + 4
     axis_top = lanes_top + max(rows, _TICK_ROW)
@@ -370,7 +384,7 @@ def render_svg(result: ScenarioResult) -> str:
     y = lanes_top
     for lane in lanes:
         _lane(canvas, y, lane)
-        y += _LANE_ROW
+        y += _lane_height(lane)
     for index, source in enumerate(sources):
         items = [(line.t, line.text) for line in lines if line.source == source]
         _tick_row(canvas, y, "log", source, _SOURCE_COLOURS[index % len(_SOURCE_COLOURS)], items)

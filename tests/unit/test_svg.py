@@ -129,6 +129,20 @@ def test_a_load_whose_status_says_loaded_counts_even_when_the_step_failed(tmp_pa
     assert len(groups(lane(root, "a"), "failed")) == 1
 
 
+def test_a_failed_unload_leaves_the_driver_loaded_and_is_marked_when_tried(tmp_path: Path) -> None:
+    steps = [
+        StepResult(0, 1, "load", "load a", "passed", "ok", 1.0, 2.0),
+        StepResult(1, 2, "unload", "unload a", "failed", "expected STATUS_SUCCESS (0x00000000), got 0xC0000001", 3.0, 4.0),
+    ]
+    statuses = [DriverStatus(1.5, "load", "svc-a", 0), DriverStatus(3.5, "unload", "svc-a", 0xC0000001)]
+    root = parse(result_with(tmp_path, steps, list(statuses), 5.0))
+    assert loaded(root, "a") == pytest.approx([x_of(1, 5), x_of(5, 5)], abs=0.1)
+    (failed,) = groups(lane(root, "a"), "failed")
+    path = failed.find(f"{NS}path")
+    assert path is not None and (path.get("d") or "").startswith(f"M{x_of(3, 5):g} ")
+    assert "".join(failed.itertext()).endswith("unload: STATUS_UNSUCCESSFUL")
+
+
 def test_without_driver_statuses_the_step_results_decide(tmp_path: Path) -> None:
     # The VM guest reports no DriverStatus events; the Action events stand in for a missing step list.
     actions: list[object] = [
