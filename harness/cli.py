@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 from harness.config import Settings, default_state_dir, project_root
 from harness.errors import ConfigError, GuestError, HarnessError, ScenarioError
-from harness.guests import GUESTS, GuestFactory, open_guests
+from harness.guests import GUESTS, open_lanes
 from harness.image.answer import ImageOptions
-from harness.reports import write_reports
-from harness.runner import ScenarioInterrupted, ScenarioResult, run_scenario
+from harness.runner import ScenarioResult
 from harness.scenario.loader import LoadedScenario, discover, load_scenario
+from harness.suite import Item, Suite, SuiteResult, expand, parse_shard, select_shard
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -29,6 +29,19 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 def _guest_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guest", default="wine", choices=GUESTS, help="where the drivers run (default: wine, the embedded guest)")
     parser.add_argument("--config", type=Path, help="configuration of the libvirt guest (default: harness.yaml)")
+    parser.add_argument("-j", "--jobs", type=int, help="scenarios at once, each on a guest of its own (default: the number of CPU cores)")
+    parser.add_argument(
+        "--no-warm", action="store_true", help="start each guest when its scenario starts (default: the next one starts meanwhile)"
+    )
+    parser.add_argument(
+        "--symbols",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="another folder with the drivers' symbol files (X.debug with DWARF, X.map) to name crash and hang frames; "
+        "the drivers folder itself is always searched first (repeatable)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,12 +53,23 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="report folder (default: build/reports)")
     run.add_argument("--drivers", type=Path, help="folder of built driver images (default: build/drivers)")
     run.add_argument("-v", "--verbose", action="store_true", help="show every step")
+    run.add_argument("--shard", metavar="K/N", help="run only shard K of N (deterministic; for a CI matrix), e.g. 2/4")
     compare = commands.add_parser("compare", help="run two driver builds on the same scenarios and report what changed")
     compare.add_argument("paths", nargs="*", type=Path, help="scenario files or folders (default: scenarios/)")
     compare.add_argument("--baseline", type=Path, required=True, help="folder of the baseline build's driver images")
     compare.add_argument("--candidate", type=Path, required=True, help="folder of the candidate build's driver images")
     _guest_options(compare)
     compare.add_argument("--out", type=Path, help="report folder (default: build/compare)")
+    report = commands.add_parser("report", help="reports of finished runs")
+    report_commands = report.add_subparsers(dest="report_command", required=True)
+    merge = report_commands.add_parser(
+        "merge",
+        help="join the reports of several runs (CI shards) into one",
+        description="Reads each folder's scenarios/*/result.json, copies every scenario's folder (raw logs, dumps) into OUT, "
+        "and writes one JUnit XML and one HTML report for all of them.",
+    )
+    merge.add_argument("dirs", nargs="+", type=Path, help="report folders of the runs (each with scenarios/*/result.json)")
+    merge.add_argument("--out", type=Path, required=True, help="folder for the merged report")
     image = commands.add_parser("image", help="the Windows golden image")
     image_commands = image.add_subparsers(dest="image_command", required=True)
     build = image_commands.add_parser(
@@ -145,31 +169,37 @@ def image_options(args: argparse.Namespace) -> ImageOptions:
         raise ConfigError(str(error)) from None
 
 
-def run_once_more_on_infra(
-    loaded: LoadedScenario, factory: GuestFactory, settings: Settings, progress: Callable[[str], None] | None = None
-) -> ScenarioResult:
-    """Run a scenario; when the guest itself broke (infra), once more on a fresh guest (never for failed/crashed/hung)."""
-    result = run_scenario(loaded, factory, settings.drivers_dir, settings.out_dir, progress)
-    if result.outcome == "infra":
-        print(f"INFRA {loaded.id}: {result.message}; retrying once", flush=True)
-        result = run_scenario(loaded, factory, settings.drivers_dir, settings.out_dir, progress)
-    return result
+def run_suite(items: list[Item], settings: Settings, jobs: int, warm: bool, verbose: bool = False) -> SuiteResult:
+    """Run ``items`` on the guest of ``settings`` (a lane of its own per worker), printing each start and verdict."""
+    with open_lanes(settings) as lanes:
+        suite = Suite(
+            items, lanes, settings.out_dir, jobs=jobs, warm=warm, progress=_say, verbose=verbose, symbol_dirs=settings.symbol_dirs
+        )
+        return suite.run()
 
 
-def run_all(scenarios: list[LoadedScenario], settings: Settings, label: str) -> list[ScenarioResult]:
-    results: list[ScenarioResult] = []
-    try:
-        with open_guests(settings) as factory:
-            for loaded in scenarios:
-                result = run_once_more_on_infra(loaded, factory, settings)
-                results.append(result)
-                print(f"{label:<9} {'PASS' if result.passed else result.outcome.upper():<7} {loaded.id}", flush=True)
-    except ScenarioInterrupted as interrupted:
-        results.append(interrupted.result)
-        raise
-    finally:
-        write_reports(results, settings.out_dir)
-    return results
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _interrupted(outcome: SuiteResult, total: int, out: Path) -> int:
+    finished = sum(1 for result in outcome.results if not result.message.startswith("interrupted"))
+    print(f"interrupted after {finished} of {total} scenarios ({outcome.interrupted}); guests torn down; reports in {out}", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def signature_summary(results: list[ScenarioResult]) -> list[str]:
+    """Crashes and hangs grouped by signature, most frequent first."""
+    groups: dict[str, list[str]] = {}
+    for result in results:
+        if result.signature is not None:
+            groups.setdefault(result.signature, []).append(result.id)
+    if not groups:
+        return []
+    lines = ["crashes and hangs by signature:"]
+    for signature, ids in sorted(groups.items(), key=lambda item: (-len(item[1]), item[0])):
+        lines.append(f"  {len(ids)} x {signature}: {', '.join(ids)}")
+    return lines
 
 
 def compare_command(args: argparse.Namespace) -> int:
@@ -180,17 +210,24 @@ def compare_command(args: argparse.Namespace) -> int:
             raise ConfigError(f"drivers folder {folder} does not exist")
     scenarios = load_all(args.paths or [project_root() / "scenarios"])
     out = args.out or project_root() / "build" / "compare"
-    base = Settings.defaults(drivers_dir=args.baseline, out_dir=out / "baseline", guest=args.guest, config=args.config)
-    cand = Settings.defaults(drivers_dir=args.candidate, out_dir=out / "candidate", guest=args.guest, config=args.config)
-    try:
-        changes = compare(run_all(scenarios, base, "baseline"), run_all(scenarios, cand, "candidate"))
-    except KeyboardInterrupt:
-        print("interrupted; guest torn down", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    settings = Settings.defaults(out_dir=out, guest=args.guest, config=args.config, symbol_dirs=tuple(args.symbols))
+    items = expand(scenarios, {"baseline": args.baseline, "candidate": args.candidate})
+    outcome = run_suite(items, settings, _jobs(args), warm=not args.no_warm)
+    if outcome.interrupted is not None:
+        return _interrupted(outcome, len(items), out)
+    changes = compare([r for r in outcome.results if r.build == "baseline"], [r for r in outcome.results if r.build == "candidate"])
     report = render(changes)
     (out / "compare.txt").write_text(report, encoding="utf-8")
     print(report, end="")
     return EXIT_FAILED if any(change.kind == "regressed" for change in changes) else EXIT_OK
+
+
+def report_merge_command(args: argparse.Namespace) -> int:
+    from harness.reports.merge import merge
+
+    merged = merge(args.dirs, args.out)
+    print(f"merged {len(merged)} scenario results from {len(args.dirs)} folders into {args.out}")
+    return EXIT_OK
 
 
 def image_build_command(args: argparse.Namespace) -> int:
@@ -303,37 +340,33 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+def _jobs(args: argparse.Namespace) -> int:
+    jobs: int = args.jobs if args.jobs is not None else os.cpu_count() or 1
+    if jobs < 1:
+        raise ConfigError(f"-j {jobs}: at least 1")
+    return jobs
+
+
 def run_command(args: argparse.Namespace) -> int:
-    settings = Settings.defaults(out_dir=args.out, drivers_dir=args.drivers, guest=args.guest, config=args.config)
+    settings = Settings.defaults(
+        out_dir=args.out, drivers_dir=args.drivers, guest=args.guest, config=args.config, symbol_dirs=tuple(args.symbols)
+    )
     scenarios = load_all(args.paths or [project_root() / "scenarios"])
     if not settings.drivers_dir.is_dir():
         raise ConfigError(f"drivers folder {settings.drivers_dir} does not exist: run `make build` or pass --drivers")
-    results: list[ScenarioResult] = []
-    finished = 0
+    items = expand(scenarios, {None: settings.drivers_dir})
+    if args.shard is not None:
+        shard, shards = parse_shard(args.shard)
+        items = select_shard(items, shard, shards)
+        print(f"shard {shard}/{shards}: {len(items)} items", flush=True)
     started = time.monotonic()
-    progress = print if args.verbose else None
-    try:
-        with open_guests(settings) as factory:
-            for loaded in scenarios:
-                print(f"RUN  {loaded.id}: {loaded.scenario.name}", flush=True)
-                try:
-                    result = run_once_more_on_infra(loaded, factory, settings, progress)
-                except ScenarioInterrupted as interrupted:
-                    results.append(interrupted.result)
-                    raise
-                results.append(result)
-                finished += 1
-                write_reports(results, settings.out_dir)
-                mark = "PASS" if result.passed else result.outcome.upper()
-                print(f"{mark:<4} {loaded.id} ({result.duration:.2f}s){': ' + result.message if result.message else ''}", flush=True)
-    except KeyboardInterrupt:
-        write_reports(results, settings.out_dir)
-        print(
-            f"interrupted after {finished} of {len(scenarios)} scenarios; guest torn down; reports in {settings.out_dir}",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
+    outcome = run_suite(items, settings, _jobs(args), warm=not args.no_warm, verbose=args.verbose)
+    if outcome.interrupted is not None:
+        return _interrupted(outcome, len(items), settings.out_dir)
+    results = outcome.results
     passed = sum(1 for r in results if r.passed)
+    for line in signature_summary(results):
+        print(line)
     print(f"{passed} passed, {len(results) - passed} failed in {time.monotonic() - started:.1f}s; reports in {settings.out_dir}")
     return EXIT_OK if passed == len(results) else EXIT_FAILED
 
@@ -350,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_command(args)
         if args.command == "compare":
             return compare_command(args)
+        if args.command == "report" and args.report_command == "merge":
+            return report_merge_command(args)
         if args.command == "image" and args.image_command == "build":
             return image_build_command(args)
         if args.command == "image" and args.image_command == "answer":

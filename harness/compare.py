@@ -4,7 +4,9 @@ A scenario *regressed* when it passed with the baseline and does not with the
 candidate; *fixed* the other way round. For every scenario the kernel logs are
 compared by line counts (lines with hex addresses or numbers in them are
 compared with those masked), by the first line that differs, and by the
-timing of the notifications (median interval of "get notify" lines).
+timing of the notifications (median interval of "get notify" lines). Where the
+candidate crashed or hung, its signature is compared with the baseline's: the
+same crash (or hang), or a new one.
 """
 
 from __future__ import annotations
@@ -49,6 +51,16 @@ class ScenarioChange:
     candidate: str
     candidate_message: str
     logs: LogDiff
+    baseline_signature: str | None = None
+    candidate_signature: str | None = None
+
+    @property
+    def failure_verdict(self) -> str | None:
+        """For a candidate that crashed or hung: "same crash"/"same hang" as the baseline's, or "new crash"/"new hang"."""
+        if self.candidate_signature is None:
+            return None
+        what = "hang" if self.candidate == "hung" else "crash"
+        return f"same {what}" if self.candidate_signature == self.baseline_signature else f"new {what}"
 
     @property
     def kind(self) -> str:
@@ -95,7 +107,18 @@ def compare(baseline: Sequence[ScenarioResult], candidate: Sequence[ScenarioResu
         right = by_id.get(left.id)
         if right is None:
             continue
-        changes.append(ScenarioChange(left.id, left.name, left.outcome, right.outcome, right.message, diff_logs(left, right)))
+        changes.append(
+            ScenarioChange(
+                left.id,
+                left.name,
+                left.outcome,
+                right.outcome,
+                right.message,
+                diff_logs(left, right),
+                baseline_signature=left.signature,
+                candidate_signature=right.signature,
+            )
+        )
     return changes
 
 
@@ -111,6 +134,11 @@ def render(changes: Sequence[ScenarioChange]) -> str:
         out.append(f"{change.kind.upper():<9} {change.id}: {change.baseline} -> {change.candidate}")
         if change.kind != "unchanged" and change.candidate_message:
             out.append(f"          candidate: {change.candidate_message}")
+        verdict = change.failure_verdict
+        if verdict is not None and verdict.startswith("same"):
+            out.append(f"          {verdict}: {change.candidate_signature}")
+        elif verdict is not None:
+            out.append(f"          {verdict}: {change.candidate_signature} (baseline: {change.baseline_signature or change.baseline})")
         logs = change.logs
         for label, lines in (("baseline only", logs.only_baseline), ("candidate only", logs.only_candidate)):
             for line, count in sorted(lines.items(), key=lambda item: -item[1])[:5]:

@@ -44,6 +44,7 @@ class Settings:
     cache_dir: Path
     guest: str = "wine"
     config: Path | None = None  # harness.yaml (libvirt guest)
+    symbol_dirs: tuple[Path, ...] = ()  # more folders with the drivers' symbol files (the drivers' own folder comes first)
 
     @classmethod
     def defaults(cls, **overrides: object) -> Settings:

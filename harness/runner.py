@@ -9,7 +9,7 @@ is ``failed``. The guest is torn down on every path, Ctrl-C included.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -19,7 +19,7 @@ from harness.errors import GuestError, GuestHung
 from harness.expect.engine import Verdict, check_absence, check_order, check_presence, nearby
 from harness.guests import GuestFactory
 from harness.guests.base import CrashEvidence, DriverInstall, Guest
-from harness.kernel.events import Action, Event, GuestCrash, GuestHang, LogLine
+from harness.kernel.events import Action, Event, GuestCrash, GuestHang, LogLine, StackReport
 from harness.ntstatus import status_name
 from harness.scenario.loader import LoadedScenario
 from harness.scenario.model import (
@@ -32,8 +32,16 @@ from harness.scenario.model import (
     WaitStep,
 )
 from harness.timeline import Timeline
+from harness.triage.analyse import DriverModule, analyse
+from harness.triage.model import Triage
+from harness.triage.pe import ImageError
+from harness.triage.signature import crash_signature, unreported_hang_signature
+from harness.triage.symbols import Symbolizer
 
 log = logging.getLogger(__name__)
+
+#: How long a hung guest gets to report its threads' stacks before it is torn down.
+STACKS_TIMEOUT = 5.0
 
 Outcome = Literal["passed", "failed", "crashed", "hung", "infra", "error"]
 StepState = Literal["passed", "failed", "crashed", "hung", "infra", "skipped"]
@@ -71,10 +79,29 @@ class ScenarioResult:
     context: list[LogLine] = field(default_factory=list)
     raw_log_file: Path | None = None  # the guest's raw kernel log, as the guest names it
     crash_evidence: CrashEvidence = field(default_factory=CrashEvidence)  # dumps pulled after a crash
+    triage: Triage | None = None  # where it crashed or hung, when the guest reported its stacks
+    image: str | None = None  # the VM image it ran on, in an image matrix
+    build: str | None = None  # the driver build it ran with, when several are compared
 
     @property
     def passed(self) -> bool:
         return self.outcome == "passed"
+
+    @property
+    def key(self) -> str:
+        """The scenario's id with the image and build it ran with: unique within one suite."""
+        return "@".join(part for part in (self.id, self.image, self.build) if part)
+
+    @property
+    def signature(self) -> str | None:
+        """What identifies this crash or hang across runs and builds (None when it neither crashed nor hung)."""
+        if self.triage is not None:
+            return self.triage.signature
+        if self.outcome == "crashed":
+            return crash_signature(self.crash.code if self.crash is not None else None, None)
+        if self.outcome == "hung":
+            return unreported_hang_signature()
+        return None
 
     @property
     def raw_log(self) -> Path:
@@ -226,34 +253,43 @@ class ScenarioRun:
         raise _StepFailed("failed", verdict.message, context)
 
 
-def run_scenario(
-    loaded: LoadedScenario,
-    factory: GuestFactory,
-    drivers_dir: Path,
-    out_dir: Path,
-    progress: Callable[[str], None] | None = None,
-) -> ScenarioResult:
-    """Run one scenario on a fresh guest and return its result (never raises for guest trouble).
+@dataclass
+class SetUp:
+    """A scenario ready to run: its timeline, folder, result record and configured (not yet started) guest.
 
-    Raises:
-        ScenarioInterrupted: Ctrl-C or SIGTERM, after the guest was torn down (with the result so far).
+    ``guest`` is None when the scenario ended before any guest was needed (``result`` says why).
+    """
+
+    loaded: LoadedScenario
+    timeline: Timeline
+    result: ScenarioResult
+    images: dict[str, Path]
+    guest: Guest | None
+    symbol_dirs: tuple[Path, ...] = ()  # where else the drivers' symbol files are (X.debug, X.map)
+
+
+def set_up(loaded: LoadedScenario, factory: GuestFactory, drivers_dir: Path, run_dir: Path, symbol_dirs: Sequence[Path] = ()) -> SetUp:
+    """Everything before the guest starts: the result record, image checks, the guest made and configured.
+
+    A warm pool calls this for the next scenario and starts the guest early; ``run_set_up`` runs it.
+
+    Args:
+        symbol_dirs: where else to look for the drivers' symbol files (X.debug, X.map), after the drivers' own folder.
     """
     scenario = loaded.scenario
     timeline = Timeline()
-    run_dir = out_dir / "scenarios" / loaded.id
     run_dir.mkdir(parents=True, exist_ok=True)
     result = ScenarioResult(id=loaded.id, name=scenario.name, path=loaded.path, guest="", run_dir=run_dir)
     for index, step in enumerate(scenario.steps):
         kind, description = describe_step(step)
         result.steps.append(StepResult(index=index, line=loaded.step_lines[index], kind=kind, description=description))
-
     images = {name: drivers_dir / spec.image for name, spec in scenario.drivers.items()}
+    done = SetUp(loaded, timeline, result, images, None, tuple(symbol_dirs))
     missing = [f"{path.name} (driver {name})" for name, path in images.items() if not path.is_file()]
     if missing:
         result.outcome = "error"
         result.message = f"driver image not found in {drivers_dir}: {', '.join(missing)}"
-        return result
-
+        return done
     guest = factory(timeline, run_dir)
     result.guest = guest.name
     result.raw_log_file = guest.raw_log
@@ -262,16 +298,50 @@ def run_scenario(
         # Before the guest starts: nothing is loaded, no session is opened.
         result.outcome = "error"
         result.message = " | ".join(refused)
-        return result
+        return done
     if scenario.verifier is not None:
         if not guest.supports_verifier:
             result.outcome = "error"
             result.message = "Driver Verifier (verifier:) needs the Windows VM guest (--guest libvirt)"
             result.message += f"; the {guest.name} guest has no such kernel feature"
-            return result
+            return done
         setting: str | int = scenario.verifier if isinstance(scenario.verifier, str) else scenario.verifier.flags
         guest.verifier = (setting, tuple(f"{spec.service}.sys" for spec in scenario.drivers.values()))
-    run = ScenarioRun(loaded, guest, timeline)
+    done.guest = guest
+    return done
+
+
+def run_scenario(
+    loaded: LoadedScenario,
+    factory: GuestFactory,
+    drivers_dir: Path,
+    out_dir: Path,
+    progress: Callable[[str], None] | None = None,
+    *,
+    symbol_dirs: Sequence[Path] = (),
+) -> ScenarioResult:
+    """Run one scenario on a fresh guest and return its result (never raises for guest trouble).
+
+    Args:
+        symbol_dirs: where else to look for the drivers' symbol files (X.debug, X.map), after the drivers' own folder.
+
+    Raises:
+        ScenarioInterrupted: Ctrl-C or SIGTERM, after the guest was torn down (with the result so far).
+    """
+    return run_set_up(set_up(loaded, factory, drivers_dir, out_dir / "scenarios" / loaded.id, symbol_dirs), progress)
+
+
+def run_set_up(prepared: SetUp, progress: Callable[[str], None] | None = None) -> ScenarioResult:
+    """Run a set-up scenario on its guest (started early, or now) and tear the guest down on every path.
+
+    Raises:
+        ScenarioInterrupted: Ctrl-C, SIGTERM or a cancelled timeline, after the guest was torn down.
+    """
+    guest, result, timeline, images = prepared.guest, prepared.result, prepared.timeline, prepared.images
+    if guest is None:
+        return result
+    run_dir = result.run_dir
+    run = ScenarioRun(prepared.loaded, guest, timeline)
     interrupted = False
     try:
         with guest:
@@ -283,6 +353,8 @@ def run_scenario(
             if run.crash() is not None:
                 # The guest may restart and write a dump; pulled while the guest is still ours.
                 result.crash_evidence = guest.collect_crash_evidence(run_dir / "crash")
+            elif result.outcome == "hung" or isinstance(broken, GuestHung):
+                guest.report_stacks(STACKS_TIMEOUT)  # where it hangs, before the guest is torn down
             if broken is not None:
                 raise broken
     except GuestHung as error:
@@ -302,9 +374,51 @@ def run_scenario(
                 # A crash explains a guest that stopped answering: it is what the report should lead with.
                 result.message = f"the guest crashed: {result.crash.summary} (then: {result.message})"
                 result.outcome = "crashed"
+        result.triage = _triage(prepared.loaded, result, guest, images, prepared.symbol_dirs)
     if interrupted:
         raise ScenarioInterrupted(result)
     return result
+
+
+def _stack_report(result: ScenarioResult) -> StackReport | None:
+    """The report that says where it failed: at a crash the faulting thread's, at a hang the last one."""
+    reports = [event for event in result.events if isinstance(event, StackReport)]
+    if result.outcome == "crashed":
+        return next((report for report in reports if report.kind == "crash"), None)
+    if result.outcome == "hung":
+        return next((report for report in reversed(reports) if report.kind == "hang"), None)
+    return None
+
+
+def _triage(
+    loaded: LoadedScenario, result: ScenarioResult, guest: Guest, images: dict[str, Path], symbol_dirs: Sequence[Path]
+) -> Triage | None:
+    """Name the guest's stack report with the drivers' symbols; None without a report (never raises)."""
+    report = _stack_report(result)
+    if report is None:
+        return None
+    scenario = loaded.scenario
+    drivers = [
+        DriverModule(
+            guest_name=guest.module_name(DriverInstall(service=spec.service, image=images[name])),
+            image=images[name].name,
+            service=spec.service,
+        )
+        for name, spec in scenario.drivers.items()
+    ]
+    unload_steps: dict[str, int] = {}
+    focus: str | None = None
+    for step, record in zip(scenario.steps, result.steps, strict=True):
+        if isinstance(step, UnloadStep) and record.state != "skipped" and record.start <= report.t:
+            unload_steps[scenario.drivers[step.unload].service] = record.index + 1
+        if isinstance(step, LoadStep | UnloadStep) and record.state == "hung":
+            focus = scenario.drivers[step.load if isinstance(step, LoadStep) else step.unload].service
+    symbols = Symbolizer({path.name: path for path in images.values()}, symbol_dirs, guest.system_images())
+    try:
+        return analyse(report, drivers, symbols, unload_steps, focus)
+    except (ImageError, OSError, ValueError) as error:
+        log.warning("could not name the stacks of %s: %s", result.id, error)
+        return None
 
 
 def _run_body(run: ScenarioRun, result: ScenarioResult, images: dict[str, Path], progress: Callable[[str], None] | None) -> None:

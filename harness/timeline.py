@@ -12,8 +12,16 @@ from harness.kernel.events import Event, LogLine
 T = TypeVar("T")
 
 
+class Cancelled(KeyboardInterrupt):
+    """The scenario was cancelled from outside (a suite interrupted by Ctrl-C or SIGTERM while this ran in a worker)."""
+
+
 class Timeline:
-    """Append-only, thread-safe list of events with a common clock (seconds since creation)."""
+    """Append-only, thread-safe list of events with a common clock (seconds since creation).
+
+    ``cancel`` ends every wait on it with ``Cancelled``, so a scenario running in a worker thread stops as the
+    main thread's Ctrl-C would stop one running in the main thread.
+    """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -21,6 +29,18 @@ class Timeline:
         self._events: list[Event] = []
         self._changed = threading.Condition()
         self._listeners: list[Callable[[Event], None]] = []
+        self._cancelled: str | None = None
+
+    def cancel(self, reason: str) -> None:
+        """Make every current and later wait on this timeline raise ``Cancelled(reason)``."""
+        with self._changed:
+            self._cancelled = reason
+            self._changed.notify_all()
+
+    def check_cancelled(self) -> None:
+        """Raises ``Cancelled`` once ``cancel`` was called (for loops that poll rather than wait)."""
+        if self._cancelled is not None:
+            raise Cancelled(self._cancelled)
 
     def now(self) -> float:
         return self._clock() - self._origin
@@ -50,6 +70,7 @@ class Timeline:
         """Re-run ``check`` on the events each time one arrives until it returns non-None or ``deadline`` (timeline seconds) passes."""
         with self._changed:
             while True:
+                self.check_cancelled()
                 result = check(self._events)
                 if result is not None:
                     return result

@@ -3,18 +3,37 @@
  * and speaks the kernel-debugger protocol through the emulated 16550 UART
  * (/dev/ttyS0 = COM1), as Windows does with `bcdedit /debug on`.
  *
- * Written from the protocol facts in the project's notes (the same facts as
- * harness/kd/emulator.py): one data packet in flight, resent on RESEND or
- * after a timeout; RESET answered with RESET, ids back to INITIAL and the
- * pending packet resent; after a state change, a prompt or a file request it
- * waits for the host's reply. It prints the seed's log lines, reports a
- * module load, stops at a breakpoint, asks a prompt and ends with the
- * bugcheck sequence. Its own tally goes to the report port (argv[2]) as text.
+ * Written from the protocol facts in the project's notes and docs/windows-facts.md
+ * (the same facts as harness/kd/emulator.py; ReactOS's kddll and kd64 are the
+ * public reference). The rules it enforces:
+ *  - send: one data packet in flight; each wait for its ACK that ends in silence
+ *    (BYTE_TIMEOUT without a byte) is one try; after RETRIES tries a print or a
+ *    load-symbols report is given up and the debugger is marked absent: the ids
+ *    start over (SYNC bit) and later prints and module loads are not sent at all.
+ *    A stop or a prompt is sent again forever. The first packet after boot keeps
+ *    its SYNC-bit id until it is ACKed.
+ *  - receive: a leader is 4 equal leader bytes (and marks the debugger present);
+ *    a 0x62 in the leader scan followed by silence resends the packet and leaves
+ *    a break-in pending, followed by anything else it is forgotten; a data packet
+ *    while waiting for an ACK is answered with RESEND and our packet counts as
+ *    delivered; RESET is answered with RESET, ids back to INITIAL, packet resent.
+ *  - running: the clock tick (every TICK) and the end of every print poll one
+ *    byte: 0x62 (or a pending break-in) stops with a breakpoint state change
+ *    that waits for a Continue; any other byte is thrown away.
  *
- * usage: kdtarget /dev/ttyS0 /dev/ttyS1 [notify-count]
+ * Modes (argv[3]):
+ *   kd [N]   prints the seed's log lines (N notifications), reports a module load,
+ *            stops at a breakpoint, asks a prompt and ends with the bugcheck
+ *            sequence; its tally goes to the report port (argv[2]) as text.
+ *   kdticks  boots and prints "kdticks: line N" every TICKS_PER_LINE ticks forever,
+ *            reporting on argv[2] when it gives up on the debugger, each line it
+ *            then drops, and when a break-in brings it back.
+ *
+ * usage: kdtarget /dev/ttyS0 /dev/ttyS1 [kd [notify-count] | kdticks]
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +46,7 @@
 #define CONTROL_LEADER 0x69696969u
 #define INITIAL_ID 0x80800000u
 #define SYNC_BIT 0x00000800u
+#define BREAKIN_BYTE 0x62
 #define T_MANIPULATE 2
 #define T_DEBUG_IO 3
 #define T_ACK 4
@@ -34,24 +54,52 @@
 #define T_RESET 6
 #define T_STATE_CHANGE64 7
 #define MAX_PAYLOAD 4000
+#define STATE_EXCEPTION 0x3030
+#define STATE_LOAD_SYMBOLS 0x3031
+#define API_PRINT 0x3230
+#define API_PROMPT 0x3231
+#define BREAKPOINT 0x80000003u
+
+/* KdpDefaultRetries. */
+#define RETRIES 20
+/*
+ * How long one byte is waited for. kddll waits TIMEOUT_COUNT (1024 * 200) polls of the line status
+ * register per byte; how long that takes depends on the machine (unverified). This value is the
+ * stand-in's choice: 20 tries then take 10 s.
+ */
+#define BYTE_TIMEOUT 0.5
+#define TICK 0.01 /* the clock tick that polls for a break-in */
+#define TICKS_PER_LINE 20
+
+enum rx { RX_OK, RX_TIMEOUT, RX_RESEND };
 
 static int port = -1;
+static FILE *report;
 static uint32_t current_id = INITIAL_ID | SYNC_BIT;
 static uint32_t remote_id = INITIAL_ID;
-static unsigned acks, resends, resets, continues, retries;
+static int present = 1, breakin_pending = 0, in_breakin = 0;
+static unsigned acks, resends, resets, continues, not_handled, retries, breakins, gave_up, dropped, skipped, discarded;
+static uint64_t symbol_start = 0;
+static unsigned line_no; /* kdticks: the last line printed (or dropped) */
 static char prompt_reply[64];
+
+struct packet {
+    uint32_t leader, id;
+    uint16_t type, size;
+    uint8_t payload[MAX_PAYLOAD];
+};
 
 static void put32(uint8_t *p, uint32_t v) { p[0] = v; p[1] = v >> 8; p[2] = v >> 16; p[3] = v >> 24; }
 static void put16(uint8_t *p, uint16_t v) { p[0] = v; p[1] = v >> 8; }
 static void put64(uint8_t *p, uint64_t v) { put32(p, (uint32_t)v); put32(p + 4, (uint32_t)(v >> 32)); }
 static uint32_t get32(const uint8_t *p) { return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24; }
 static uint16_t get16(const uint8_t *p) { return p[0] | p[1] << 8; }
+static uint64_t get64(const uint8_t *p) { return get32(p) | (uint64_t)get32(p + 4) << 32; }
 
-static double now(void)
+static void say(const char *format, unsigned number)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
+    fprintf(report, format, number);
+    fflush(report);
 }
 
 static void write_all(const uint8_t *data, size_t size)
@@ -87,159 +135,195 @@ static void send_data(uint16_t type, uint32_t id, const uint8_t *payload, uint16
     write_all(&trailer, 1);
 }
 
-/* Reads one byte, waiting until `deadline`; -1 on timeout. */
-static int read_byte(double deadline)
+/* One byte, waiting up to `timeout` seconds (0: only what is there already); -1 if none came. */
+static int get_byte(double timeout)
 {
+    struct pollfd fd = {.fd = port, .events = POLLIN};
     uint8_t b;
-    while (now() < deadline) {
-        ssize_t n = read(port, &b, 1);
-        if (n == 1)
-            return b;
-    }
-    return -1;
+    if (poll(&fd, 1, (int)(timeout * 1000)) <= 0)
+        return -1;
+    return read(port, &b, 1) == 1 ? b : -1;
 }
 
-struct packet {
-    uint32_t leader, id;
-    uint16_t type, size;
-    uint8_t payload[MAX_PAYLOAD];
-};
-
-/* Reads one well-formed packet; 0 on timeout. Damaged data packets are answered with RESEND. */
-static int read_packet(struct packet *p, double deadline)
+static int get_bytes(uint8_t *out, int count)
 {
-    for (;;) {
-        uint8_t h[16];
-        int b, run = 0, lead = -1;
-        while (run < 4) {
-            if ((b = read_byte(deadline)) < 0)
-                return 0;
-            if ((b == 0x30 || b == 0x69) && (run == 0 || b == lead)) {
-                lead = b;
-                run++;
-            } else {
-                run = (b == 0x30 || b == 0x69) ? 1 : 0;
-                lead = b;
+    for (int i = 0; i < count; i++) {
+        int b = get_byte(BYTE_TIMEOUT);
+        if (b < 0)
+            return 0;
+        out[i] = (uint8_t)b;
+    }
+    return 1;
+}
+
+/* KdpReceivePacketLeader: 4 equal leader bytes; a lone break-in byte before silence is a resend. */
+static enum rx read_leader(uint8_t *leader)
+{
+    int index = 0, first = 0;
+    while (index < 4) {
+        int b = get_byte(BYTE_TIMEOUT);
+        if (b < 0) {
+            if (first == BREAKIN_BYTE) {
+                breakin_pending = 1;
+                return RX_RESEND;
             }
+            return RX_TIMEOUT;
         }
-        memset(h, lead, 4);
-        for (int i = 4; i < 16; i++) {
-            if ((b = read_byte(deadline)) < 0)
-                return 0;
-            h[i] = (uint8_t)b;
+        if (b == 0x30 || b == 0x69) {
+            if (b != first)
+                index = 0;
+            first = b;
+            index++;
+        } else if (b == BREAKIN_BYTE) {
+            index = 0;
+            first = b;
+        } else {
+            index = 0;
+            first = 0;
         }
-        p->leader = get32(h); p->type = get16(h + 4); p->size = get16(h + 6); p->id = get32(h + 8);
-        if (p->leader == CONTROL_LEADER)
-            return 1;
-        if (p->size > MAX_PAYLOAD)
+    }
+    present = 1;
+    *leader = (uint8_t)first;
+    return RX_OK;
+}
+
+/* KdReceivePacket: `expected` is T_ACK while a packet of ours waits for its ACK. */
+static enum rx receive_packet(uint16_t expected, struct packet *p)
+{
+    uint16_t header_size = expected == T_MANIPULATE ? 56 : expected == T_DEBUG_IO ? 16 : 0;
+    for (;;) {
+        uint8_t h[12], lead, trailer;
+        enum rx status = read_leader(&lead);
+        if (status != RX_OK)
+            return status;
+        if (!get_bytes(h, 2))
+            return RX_TIMEOUT;
+        if (lead == 0x69 && get16(h) == T_RESEND) {
+            resends++;
+            return RX_RESEND;
+        }
+        if (!get_bytes(h + 2, 10))
+            return RX_TIMEOUT;
+        p->type = get16(h); p->size = get16(h + 2); p->id = get32(h + 4);
+        if (lead == 0x69) {
+            if (p->type == T_ACK) {
+                if (expected == T_ACK && p->id == (current_id & ~SYNC_BIT)) {
+                    acks++;
+                    current_id ^= 1;
+                    return RX_OK;
+                }
+            } else if (p->type == T_RESET) {
+                resets++;
+                current_id = remote_id = INITIAL_ID;
+                send_control(T_RESET, 0);
+                return RX_RESEND;
+            }
             continue;
-        uint32_t sum = 0;
-        for (int i = 0; i < p->size; i++) {
-            if ((b = read_byte(deadline)) < 0)
-                return 0;
-            p->payload[i] = (uint8_t)b;
-            sum += (uint8_t)b;
         }
-        b = read_byte(deadline);
-        if (b != 0xAA || sum != get32(h + 12)) {
+        if (expected == T_ACK) { /* a data packet instead of our ACK: RESEND, and ours counts as delivered */
+            send_control(T_RESEND, 0);
+            current_id ^= 1;
+            return RX_OK;
+        }
+        if (p->size < header_size || p->size > MAX_PAYLOAD || !get_bytes(p->payload, p->size) || !get_bytes(&trailer, 1) ||
+            trailer != 0xAA) {
             send_control(T_RESEND, 0);
             continue;
         }
-        return 1;
-    }
-}
-
-/*
- * Sends a data packet until ACKed. With `wait_type`, then waits for the host's
- * data packet of that type (Continue, prompt reply) and returns it in *reply.
- */
-static void exchange(uint16_t type, const uint8_t *payload, uint16_t size, uint16_t wait_type, struct packet *reply)
-{
-    struct packet p;
-    int acked = 0;
-send:
-    send_data(type, current_id, payload, size);
-    acked = 0;
-    for (;;) {
-        double deadline = now() + 1.0;
-        if (!read_packet(&p, deadline)) {
-            if (!acked) {
-                retries++;
-                goto send;
-            }
-            continue; /* waiting in the debugger loop: keep waiting */
-        }
-        if (p.leader == CONTROL_LEADER) {
-            if (p.type == T_ACK && !acked && (p.id & ~SYNC_BIT) == (current_id & ~SYNC_BIT)) {
-                acks++;
-                acked = 1;
-                current_id = (current_id & ~SYNC_BIT) ^ 1;
-                if (!wait_type)
-                    return;
-            } else if (p.type == T_RESEND && !acked) {
-                resends++;
-                goto send;
-            } else if (p.type == T_RESET) {
-                resets++;
-                send_control(T_RESET, 0);
-                current_id = remote_id = INITIAL_ID;
-                goto send;
-            }
+        uint32_t sum = 0;
+        for (int i = 0; i < p->size; i++)
+            sum += p->payload[i];
+        if (sum != get32(h + 8)) {
+            send_control(T_RESEND, 0);
             continue;
         }
-        send_control(T_ACK, p.id & ~SYNC_BIT);
-        if ((p.id & ~SYNC_BIT) != remote_id)
-            continue; /* a resend of something already taken */
+        send_control(T_ACK, p->id);
+        if (p->id != remote_id || p->type != expected)
+            continue; /* a resend of something already taken, or not what we wait for */
         remote_id ^= 1;
-        if (acked && p.type == wait_type) {
-            memcpy(reply, &p, sizeof(p));
-            return;
+        return RX_OK;
+    }
+}
+
+/* KdSendPacket: 1 if delivered, 0 if given up (only prints and load-symbols reports are). */
+static int send_packet(uint16_t type, const uint8_t *payload, uint16_t size)
+{
+    int tries = RETRIES;
+    int may_give_up = (type == T_DEBUG_IO && get32(payload) == API_PRINT) || (type == T_STATE_CHANGE64 && get32(payload) == STATE_LOAD_SYMBOLS);
+    for (;;) {
+        struct packet ack;
+        send_data(type, current_id, payload, size);
+        enum rx status = receive_packet(T_ACK, &ack);
+        if (status == RX_OK) {
+            current_id &= ~SYNC_BIT;
+            return 1;
+        }
+        if (status == RX_TIMEOUT) {
+            retries++;
+            if (tries > 0)
+                tries--;
+            if (tries == 0 && may_give_up) {
+                present = 0;
+                gave_up++;
+                current_id = INITIAL_ID | SYNC_BIT;
+                remote_id = INITIAL_ID;
+                return 0;
+            }
         }
     }
 }
 
-static void kd_print(const char *text)
+/* KdpSendWaitContinue, and the prompt's wait for its answer: 1 with the reply in *reply. */
+static int send_wait(uint16_t type, const uint8_t *payload, uint16_t size, uint16_t reply_type, struct packet *reply)
 {
-    uint8_t payload[16 + 512];
-    size_t n = strlen(text);
-    memset(payload, 0, 16);
-    put32(payload, 0x3230);
-    put32(payload + 8, (uint32_t)n);
-    memcpy(payload + 16, text, n);
-    exchange(T_DEBUG_IO, payload, (uint16_t)(16 + n), 0, NULL);
+    for (;;) {
+        if (!send_packet(type, payload, size) || !present)
+            return 0;
+        enum rx status;
+        while ((status = receive_packet(reply_type, reply)) == RX_TIMEOUT)
+            ;
+        if (status == RX_OK)
+            return 1;
+    }
 }
 
-static void kd_prompt(const char *text)
+/* KdPollBreakIn: a pending break-in, or one byte: 0x62 breaks in, anything else is thrown away. */
+static int poll_breakin(void)
 {
-    uint8_t payload[16 + 512];
-    struct packet reply;
-    size_t n = strlen(text);
-    memset(payload, 0, 16);
-    put32(payload, 0x3231);
-    put32(payload + 8, (uint32_t)n);
-    put32(payload + 12, sizeof(prompt_reply) - 1);
-    memcpy(payload + 16, text, n);
-    exchange(T_DEBUG_IO, payload, (uint16_t)(16 + n), T_DEBUG_IO, &reply);
-    n = get32(reply.payload + 12);
-    if (n > sizeof(prompt_reply) - 1)
-        n = sizeof(prompt_reply) - 1;
-    memcpy(prompt_reply, reply.payload + 16, n);
-    prompt_reply[n] = 0;
+    int b;
+    if (breakin_pending) {
+        breakin_pending = 0;
+        return 1;
+    }
+    if ((b = get_byte(0)) < 0)
+        return 0;
+    if (b == BREAKIN_BYTE)
+        return 1;
+    discarded++;
+    return 0;
 }
 
 static void wait_continue(uint8_t *payload, uint16_t size)
 {
     struct packet reply;
-    exchange(T_STATE_CHANGE64, payload, size, T_MANIPULATE, &reply);
-    if ((get32(reply.payload) == 0x313C || get32(reply.payload) == 0x3136) && get32(reply.payload + 16) < 0x80000000u)
+    if (!send_wait(T_STATE_CHANGE64, payload, size, T_MANIPULATE, &reply))
+        return;
+    uint32_t api = get32(reply.payload), status = get32(reply.payload + 16);
+    if (api != 0x313C && api != 0x3136)
+        return;
+    if (status & 0x80000000u)
+        not_handled++;
+    else if (!in_breakin)
         continues++;
+    if (api == 0x313C)
+        symbol_start = get64(reply.payload + 32); /* AMD64_DBGKD_CONTROL_SET.CurrentSymbolStart */
 }
 
 static void kd_exception(uint32_t code, uint64_t address)
 {
     uint8_t payload[240];
     memset(payload, 0, sizeof(payload));
-    put32(payload, 0x3030);
+    put32(payload, STATE_EXCEPTION);
     put32(payload + 8, 1);
     put64(payload + 16, 0xFFFFF80000AB0000ull);
     put64(payload + 24, address);
@@ -249,12 +333,63 @@ static void kd_exception(uint32_t code, uint64_t address)
     wait_continue(payload, sizeof(payload));
 }
 
+/* DbgBreakPointWithStatus(DBG_STATUS_CONTROL_C): the stop of a break-in. */
+static void breakin(void)
+{
+    breakins++;
+    say("kdtarget: break-in after line %u\n", line_no);
+    in_breakin = 1;
+    kd_exception(BREAKPOINT, 0xFFFFF80000001B1Dull);
+    in_breakin = 0;
+    say("kdtarget: break-in continued after line %u\n", line_no);
+}
+
+/* KdpPrint: nothing is sent while the debugger is absent; after a print the kernel polls once. */
+static void kd_print(const char *text)
+{
+    uint8_t payload[16 + 512];
+    size_t n = strlen(text);
+    if (!present) {
+        dropped++;
+        return;
+    }
+    memset(payload, 0, 16);
+    put32(payload, API_PRINT);
+    put32(payload + 8, (uint32_t)n);
+    memcpy(payload + 16, text, n);
+    if (send_packet(T_DEBUG_IO, payload, (uint16_t)(16 + n)) && poll_breakin())
+        breakin();
+}
+
+static void kd_prompt(const char *text)
+{
+    uint8_t payload[16 + 512];
+    struct packet reply;
+    size_t n = strlen(text);
+    memset(payload, 0, 16);
+    put32(payload, API_PROMPT);
+    put32(payload + 8, (uint32_t)n);
+    put32(payload + 12, sizeof(prompt_reply) - 1);
+    memcpy(payload + 16, text, n);
+    if (!send_wait(T_DEBUG_IO, payload, (uint16_t)(16 + n), T_DEBUG_IO, &reply))
+        return;
+    n = get32(reply.payload + 12);
+    if (n > sizeof(prompt_reply) - 1)
+        n = sizeof(prompt_reply) - 1;
+    memcpy(prompt_reply, reply.payload + 16, n);
+    prompt_reply[n] = 0;
+}
+
 static void kd_module_load(const char *path, uint64_t base, uint32_t size)
 {
     uint8_t payload[240 + 256];
     size_t n = strlen(path) + 1;
+    if (!present) {
+        skipped++;
+        return;
+    }
     memset(payload, 0, sizeof(payload));
-    put32(payload, 0x3031);
+    put32(payload, STATE_LOAD_SYMBOLS);
     put32(payload + 8, 1);
     put64(payload + 24, base);
     put32(payload + 32, (uint32_t)n);
@@ -264,12 +399,55 @@ static void kd_module_load(const char *path, uint64_t base, uint32_t size)
     wait_continue(payload, (uint16_t)(240 + n));
 }
 
+static void sleep_seconds(double seconds)
+{
+    struct timespec ts = {.tv_sec = (time_t)seconds, .tv_nsec = (long)((seconds - (time_t)seconds) * 1e9)};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+static void script(int notifies)
+{
+    kd_print("[sysTest] DriverEntry status:(0x00000000).\n");
+    kd_module_load("\\SystemRoot\\system32\\drivers\\receiver.sys", 0xFFFFF80000400000ull, 0x6000);
+    kd_print("[sysRecv1] DriverEntry status:(0x00000000).\n");
+    for (int i = 0; i < notifies; i++) {
+        kd_print("[sysRecv1]:get notify ulType:(1)\tulValue:(hello)\n");
+        kd_print("[sysTest] send.\n");
+    }
+    kd_print("[sysRecv1] split ");
+    kd_print("line\n");
+    kd_exception(BREAKPOINT, 0xFFFFF80000401000ull);
+    kd_prompt("Break, Ignore, Terminate Process or Terminate Thread (bipt)? ");
+    kd_print("\n*** Fatal System Error: 0x000000d1\n                       (0x0000000000000010,0x0000000000000002,0x0000000000000000,0xFFFFF80000401020)\n\n");
+    kd_exception(BREAKPOINT, 0xFFFFF80000402000ull);
+    kd_print("[kdtarget] done.\n");
+}
+
+static void ticks(void)
+{
+    char line[64];
+    for (line_no = 1;; line_no++) {
+        int was_present = present;
+        snprintf(line, sizeof(line), "kdticks: line %u\n", line_no);
+        kd_print(line);
+        if (was_present && !present)
+            say("kdtarget: debugger not present: gave up at line %u\n", line_no);
+        else if (!was_present)
+            say("kdtarget: dropped line %u\n", line_no);
+        for (int tick = 0; tick < TICKS_PER_LINE; tick++) {
+            sleep_seconds(TICK);
+            if (poll_breakin())
+                breakin();
+        }
+    }
+}
+
 int main(int argc, char **argv)
 {
     struct termios tio;
-    int notifies = argc > 3 ? atoi(argv[3]) : 5;
-    FILE *report;
-    double started;
+    const char *mode = argc > 3 ? argv[3] : "kd";
+    struct timespec started, ended;
 
     if (argc < 3)
         return 2;
@@ -282,30 +460,23 @@ int main(int argc, char **argv)
     cfsetispeed(&tio, B115200);
     cfsetospeed(&tio, B115200);
     tio.c_cc[VMIN] = 0;
-    tio.c_cc[VTIME] = 1;
+    tio.c_cc[VTIME] = 0;
     tcsetattr(port, TCSANOW, &tio);
     tcflush(port, TCIOFLUSH);
-    fprintf(report, "kdtarget: started on %s\n", argv[1]);
+    fprintf(report, "kdtarget: started on %s (%s)\n", argv[1], mode);
     fflush(report);
 
-    started = now();
-    kd_print("[sysTest] DriverEntry status:(0x00000000).\n");
-    kd_module_load("\\SystemRoot\\system32\\drivers\\receiver.sys", 0xFFFFF80000400000ull, 0x6000);
-    kd_print("[sysRecv1] DriverEntry status:(0x00000000).\n");
-    for (int i = 0; i < notifies; i++) {
-        kd_print("[sysRecv1]:get notify ulType:(1)\tulValue:(hello)\n");
-        kd_print("[sysTest] send.\n");
-    }
-    kd_print("[sysRecv1] split ");
-    kd_print("line\n");
-    kd_exception(0x80000003, 0xFFFFF80000401000ull);
-    kd_prompt("Break, Ignore, Terminate Process or Terminate Thread (bipt)? ");
-    kd_print("\n*** Fatal System Error: 0x000000d1\n                       (0x0000000000000010,0x0000000000000002,0x0000000000000000,0xFFFFF80000401020)\n\n");
-    kd_exception(0x80000003, 0xFFFFF80000402000ull);
-    kd_print("[kdtarget] done.\n");
-
-    fprintf(report, "kdtarget: acks=%u continues=%u resends=%u resets=%u retries=%u prompt_reply=%s seconds=%.3f\n", acks,
-            continues, resends, resets, retries, prompt_reply, now() - started);
+    if (strcmp(mode, "kdticks") == 0)
+        ticks();
+    clock_gettime(CLOCK_MONOTONIC, &started);
+    script(argc > 4 && atoi(argv[4]) > 0 ? atoi(argv[4]) : 5);
+    clock_gettime(CLOCK_MONOTONIC, &ended);
+    fprintf(report,
+            "kdtarget: acks=%u continues=%u not_handled=%u breakins=%u resends=%u resets=%u retries=%u gave_up=%u dropped=%u "
+            "skipped=%u discarded=%u symbol_start=0x%llx prompt_reply=%s seconds=%.3f\n",
+            acks, continues, not_handled, breakins, resends, resets, retries, gave_up, dropped, skipped, discarded,
+            (unsigned long long)symbol_start, prompt_reply,
+            (double)(ended.tv_sec - started.tv_sec) + (ended.tv_nsec - started.tv_nsec) / 1e9);
     fclose(report);
     return 0;
 }

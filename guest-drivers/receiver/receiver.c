@@ -10,6 +10,9 @@
  * on every error path. Building with -DKCB_SEEDED_BUG_NO_UNREGISTER brings
  * back a classic bug on purpose (no ExUnregisterCallback on unload), for the
  * harness's regression tests: the next notification calls unloaded code.
+ * -DKCB_SEEDED_BUG_NULL_DEREF brings another one (a different crash, for
+ * the harness's crash signatures): the routine counts notifications through
+ * its registration context, which it registered as NULL.
  */
 #include "../common/kcb_params.h"
 
@@ -77,8 +80,18 @@ static VOID UnloadDriver(PDRIVER_OBJECT driver)
     KCB_LOG("[%s] Drvier unloaded.\n", g_tag);
 }
 
+#ifdef KCB_SEEDED_BUG_NULL_DEREF
+static __declspec(noinline) VOID CountNotification(PULONG counter)
+{
+    *counter += 1;
+}
+#endif
+
 static VOID OnNotify(PVOID context, PVOID argument1, PVOID argument2)
 {
     UNREFERENCED_PARAMETER(context);
+#ifdef KCB_SEEDED_BUG_NULL_DEREF
+    CountNotification((PULONG)context);
+#endif
     KCB_LOG("[%s]:get notify ulType:(%d)\tulValue:(%s)\n", g_tag, (int)*(ULONG *)argument1, (const char *)argument2);
 }

@@ -1,24 +1,70 @@
-"""Guests by name. Each is imported only when chosen, so optional dependencies stay optional."""
+"""Guests by name, as *lanes* (places where one guest runs at a time). Each kind is imported only when chosen."""
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.config import Settings
 from harness.errors import ConfigError
 from harness.guests.base import Guest
 from harness.timeline import Timeline
 
+if TYPE_CHECKING:
+    from harness.guests.libvirt_vm.guest import VmSession
+    from harness.guests.wine.prefix import WinePrefix
+
 GuestFactory = Callable[[Timeline, Path], Guest]
 
 GUESTS = ("wine", "libvirt")
 
 
+class WineLanes:
+    """Embedded-guest lanes: lane 0 is the prepared prefix, lane n a clone of it (made once, kept in the cache)."""
+
+    capacity: int | None = None  # as many as wanted: a clone costs ~0.1 s and hard links
+
+    def __init__(self, prefix: WinePrefix) -> None:
+        self.prefix = prefix
+        self._clones: dict[int, WinePrefix] = {}
+        self._lock = threading.Lock()
+
+    def factory(self, lane: int, image: str | None) -> GuestFactory:
+        from harness.guests.wine.guest import WineGuest
+
+        if image is not None:
+            raise ConfigError(f"image {image!r}: the embedded guest has no images (--image is for --guest libvirt)")
+        with self._lock:
+            if lane not in self._clones:
+                self._clones[lane] = self.prefix if lane == 0 else self.prefix.clone(lane)
+            prefix = self._clones[lane]
+        return lambda timeline, run_dir: WineGuest(timeline, run_dir, prefix)
+
+
+class VmLanes:
+    """The VM guest's lane: one VM (its session), so one guest at a time."""
+
+    capacity: int | None = 1
+
+    def __init__(self, session: VmSession) -> None:
+        self.session = session
+
+    def factory(self, lane: int, image: str | None) -> GuestFactory:
+        from harness.guests.libvirt_vm.guest import LibvirtGuest
+
+        if lane != 0:
+            raise ConfigError("the VM guest has one VM per run here: -j 1")
+        if image is not None:
+            raise ConfigError(f"image {image!r}: this configuration has one image (vm.image)")
+        return lambda timeline, run_dir: LibvirtGuest(timeline, run_dir, self.session)
+
+
 @contextlib.contextmanager
-def open_guests(settings: Settings) -> Iterator[GuestFactory]:
-    """A function that makes a fresh guest of ``settings.guest`` for one scenario, for as long as the block runs.
+def open_lanes(settings: Settings) -> Iterator[WineLanes | VmLanes]:
+    """The lanes of ``settings.guest`` for as long as the block runs.
 
     Does the once-per-run set-up first (the Wine prefix; the VM session, whose VM it closes again on every way
     out of the block: an error, Ctrl-C, SIGTERM).
@@ -28,16 +74,15 @@ def open_guests(settings: Settings) -> Iterator[GuestFactory]:
         GuestError: the guest cannot be prepared.
     """
     if settings.guest == "wine":
-        from harness.guests.wine.guest import WineGuest
         from harness.guests.wine.prefix import GuestFiles, WinePrefix, WineTools
 
         prefix = WinePrefix(settings.cache_dir / "wine-prefix", WineTools.find(), GuestFiles.in_dir(settings.build_dir / "wine"))
         prefix.ensure()
-        yield lambda timeline, run_dir: WineGuest(timeline, run_dir, prefix)
+        yield WineLanes(prefix)
         return
     if settings.guest == "libvirt":
         from harness.guests.libvirt_vm.config import load_config
-        from harness.guests.libvirt_vm.guest import LibvirtGuest, VmSession
+        from harness.guests.libvirt_vm.guest import VmSession
 
         if settings.config is None or not settings.config.is_file():
             raise ConfigError(
@@ -46,8 +91,20 @@ def open_guests(settings: Settings) -> Iterator[GuestFactory]:
             )
         session = VmSession(load_config(settings.config))
         try:
-            yield lambda timeline, run_dir: LibvirtGuest(timeline, run_dir, session)
+            yield VmLanes(session)
         finally:
             session.close()
         return
     raise ConfigError(f"unknown guest {settings.guest!r} (known: {', '.join(GUESTS)})")
+
+
+@contextlib.contextmanager
+def open_guests(settings: Settings) -> Iterator[GuestFactory]:
+    """A function that makes a fresh guest of ``settings.guest`` for one scenario (lane 0), for as long as the block runs.
+
+    Raises:
+        ConfigError: unknown guest name, or a missing configuration.
+        GuestError: the guest cannot be prepared.
+    """
+    with open_lanes(settings) as lanes:
+        yield lanes.factory(0, None)

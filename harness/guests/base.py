@@ -8,8 +8,9 @@ to the scenario's Timeline and writes the raw log to disk as it arrives.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -61,6 +62,10 @@ class Guest(ABC):
         self.run_dir = run_dir
         #: Driver Verifier setting for this scenario ("standard", flags, or None), with the images it covers.
         self.verifier: tuple[str | int, tuple[str, ...]] | None = None
+        self._early: threading.Thread | None = None
+        self._early_error: BaseException | None = None
+        #: Set by a pool: hands ``stop`` to it at the end of ``with guest:`` instead of calling it there.
+        self.stop_later: Callable[[Callable[[], None]], None] | None = None
 
     @property
     def raw_log(self) -> Path:
@@ -106,6 +111,19 @@ class Guest(ABC):
             GuestHung: no answer within ``timeout`` seconds.
         """
 
+    def module_name(self, driver: DriverInstall) -> str:
+        """The file name the guest's module list gives ``driver``'s image (to tell its frames in a stack)."""
+        return driver.image.name
+
+    def system_images(self) -> tuple[Path, ...]:
+        """Host folders with the guest's own images (kernel, libraries), to name frames outside the drivers."""
+        return ()
+
+    def report_stacks(self, timeout: float) -> None:
+        """After a hang, while the guest still runs: have it report its threads' stacks (a ``StackReport`` on the
+        timeline) within about ``timeout`` seconds; never raises. The default has no way to ask."""
+        del timeout
+
     def collect_crash_evidence(self, dest: Path) -> CrashEvidence:
         """After a crash: pull what the guest wrote about it (a crash dump) into ``dest``; never raises.
 
@@ -117,7 +135,35 @@ class Guest(ABC):
     def stop(self) -> None:
         """Tear everything down; safe to call twice and after a failed start."""
 
+    def start_early(self, after: Callable[[], None] | None = None) -> None:
+        """Begin ``start`` in a background thread (a warm pool), once ``after()`` returns, so ``with guest:`` finds it started.
+
+        ``with guest:`` then waits for it and raises what it raised; ``discard`` ends a guest that is never used.
+        """
+        self._early = threading.Thread(target=self._start_early, args=(after,), daemon=True, name=f"start-{self.name}")
+        self._early.start()
+
+    def _start_early(self, after: Callable[[], None] | None) -> None:
+        try:
+            if after is not None:
+                after()
+            self.start()
+        except BaseException as error:  # handed to whoever enters the guest
+            self._early_error = error
+            self.stop()
+
+    def discard(self) -> None:
+        """End a guest that was started early but will not be used (a suite that was interrupted)."""
+        if self._early is not None:
+            self._early.join()
+        self.stop()
+
     def __enter__(self) -> Guest:
+        if self._early is not None:
+            self._early.join()
+            if self._early_error is not None:
+                raise self._early_error
+            return self
         try:
             self.start()
         except BaseException:
@@ -126,4 +172,7 @@ class Guest(ABC):
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
-        self.stop()
+        if self.stop_later is not None:
+            self.stop_later(self.stop)  # a pool tears it down while the next scenario runs
+        else:
+            self.stop()

@@ -51,7 +51,16 @@ STATE_COMMAND_STRING = 0x3032
 API_CONTINUE = 0x3136
 API_CONTINUE2 = 0x313C
 MANIPULATE_SIZE = 56
-DBG_CONTINUE = 0x00010002
+DBG_CONTINUE = 0x00010002  # handled: the stopped code goes on (a faulting instruction runs again)
+DBG_EXCEPTION_NOT_HANDLED = 0x80010001  # not NT_SUCCESS: the kernel's own exception handling runs
+SYMBOL_RANGE_UNCHANGED = 1  # CurrentSymbolStart == 1: the kernel keeps its symbol range (KdpGetStateChange)
+# DBGKD_MANIPULATE_STATE64 header, then DBGKD_CONTINUE2 (4-byte packing) with AMD64_DBGKD_CONTROL_SET:
+# ContinueStatus at 16, TraceFlag 20, Dr7 24, CurrentSymbolStart 32, CurrentSymbolEnd 40.
+CONTINUE2 = struct.Struct("<IHHI4xIIQQQ")
+
+# Exception codes the host continues as handled
+STATUS_BREAKPOINT = 0x80000003
+STATUS_SINGLE_STEP = 0x80000004
 
 # DBGKD_FILE_IO (64 bytes)
 FILE_IO_SIZE = 64
@@ -112,6 +121,11 @@ def encode_data(packet_type: int, packet_id: int, payload: bytes) -> bytes:
 def encode_control(packet_type: int, packet_id: int = 0) -> bytes:
     """A control packet (ACK, RESEND, RESET) on the wire."""
     return HEADER.pack(CONTROL_LEADER, packet_type, 0, packet_id, 0)
+
+
+def encode_continue2(level: int, processor: int, status: int) -> bytes:
+    """A DbgKdContinueApi2 manipulate payload (AMD64 layout): no trace flag, Dr7 0, symbol range unchanged."""
+    return CONTINUE2.pack(API_CONTINUE2, level, processor, 0, status, 0, 0, SYMBOL_RANGE_UNCHANGED, 0).ljust(MANIPULATE_SIZE, b"\0")
 
 
 def encode(packet: Packet) -> bytes:

@@ -5,7 +5,8 @@ sockets), ``file:/path`` (a capture, read once), and ``Endpoint.opened_by``
 (a port reached some other way: a remote VM host's loopback over SSH). Every byte read is
 appended to the raw capture file *before* it is parsed, so a parser fault
 never loses evidence. A reader reconnects when the other side goes away (a
-snapshot revert restarts QEMU) until it is stopped.
+snapshot revert restarts QEMU) until it is stopped. On every connection the KD reader breaks in
+(``KdHost.attached``), so a kernel that gave up on an absent debugger talks again.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from harness.errors import ConfigError
-from harness.kd.session import KdBugcheck, KdEvent, KdHost, KdLine, KdModule, KdNotice, KdStateChange
+from harness.kd.session import KdAttach, KdBugcheck, KdEvent, KdHost, KdLine, KdModule, KdNotice, KdStateChange
 from harness.kernel.events import DebugEvent, Event, GuestCrash, LogLine
 from harness.timeline import Timeline
 
@@ -121,8 +122,8 @@ class SerialReader(ABC):
         return b""
 
     @abstractmethod
-    def on_connect(self) -> None:
-        """A (re)connection started: forget per-connection state."""
+    def on_connect(self) -> bytes:
+        """A (re)connection started: forget per-connection state; return bytes to send first."""
 
     @abstractmethod
     def on_close(self) -> None:
@@ -153,6 +154,7 @@ class SerialReader(ABC):
             self._raw = None
 
     def wait_connected(self, count: int = 1, timeout: float = 30.0) -> bool:
+        """True once ``count`` connections were made (and what ``on_connect`` returned was sent on each)."""
         deadline = time.monotonic() + timeout
         while self.connections < count and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -199,10 +201,12 @@ class SerialReader(ABC):
                 self._stop.wait(0.05)
                 continue
             self._sock = sock
-            self.connections += 1
-            self.on_connect()
+            greeting = self.on_connect()
             sock.settimeout(IDLE)
             try:
+                if greeting:
+                    self._send(sock, greeting)
+                self.connections += 1  # counted once greeted: a VM resumed after wait_connected() finds the break-in
                 self._pump(sock)
             finally:
                 self._sock = None
@@ -266,8 +270,9 @@ class TextSerialReader(SerialReader):
             self.timeline.append(LogLine(t=self.timeline.now(), text=line, source=self.source))
         return b""
 
-    def on_connect(self) -> None:
+    def on_connect(self) -> bytes:
         self._flush()
+        return b""
 
     def on_close(self) -> None:
         self._flush()
@@ -288,6 +293,8 @@ def kd_event(event: KdEvent, t: float) -> Event:
         return DebugEvent(t=t, kind="state-change", summary=event.describe())
     if isinstance(event, KdModule):
         return DebugEvent(t=t, kind="module", summary=event.describe())
+    if isinstance(event, KdAttach):
+        return DebugEvent(t=t, kind="attach", summary=event.describe())
     assert isinstance(event, KdNotice)
     return DebugEvent(t=t, kind="notice", summary=event.describe())
 
@@ -317,11 +324,11 @@ class KdSerialReader(SerialReader):
         self._emit(out.events)
         return out.send
 
-    def on_connect(self) -> None:
-        if self.connections > 1:
-            with self._lock:
-                out = self.host.reconnected()
-            self._emit(out.events)
+    def on_connect(self) -> bytes:
+        with self._lock:
+            out = self.host.attached(time.monotonic())
+        self._emit(out.events)
+        return out.send
 
     def on_close(self) -> None:
         with self._lock:

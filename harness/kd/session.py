@@ -1,12 +1,22 @@
 """The host side of a KDCOM link, as a pure state machine: bytes in, bytes to send and events out.
 
-What it does, per the protocol facts (shared notes §1): ACK every data packet
-with its id (SYNC bit cleared), drop duplicates, ask for a resend of damaged
-packets, turn DEBUG_IO prints into lines (per processor), answer prompts and
-file-IO requests, answer every state change with Continue so the guest never
-freezes, and recognise a bugcheck from its "*** Fatal System Error" print.
-Before its first packet of its own it synchronises the ids with a RESET (the
-target answers RESET and sends its pending packet again).
+What it does, per the protocol facts (shared notes §1, docs/windows-facts.md): ACK every data
+packet with its id (SYNC bit cleared), drop duplicates, ask for a resend of damaged packets, turn
+DEBUG_IO prints into lines (per processor), answer prompts and file-IO requests, answer every state
+change with a Continue so the guest never freezes, and recognise a bugcheck from its "*** Fatal
+System Error" print. Before its first packet of its own it synchronises the ids with a RESET (the
+target answers RESET and sends its pending packet again); a target that numbers its packets from
+the start again (the SYNC bit: a reboot, or a kernel that gave up on the debugger) is synchronised
+again the same way.
+
+Attaching (``attached()``, on every connection) sends a break-in byte (again after a silence, until
+the target's first packet): a kernel that gave up on an absent debugger sends nothing until its
+clock-tick poll reads one, and then stops; the stop is continued like any other.
+
+Continue status: DBG_CONTINUE for breakpoints, single steps and load-symbols reports;
+DBG_EXCEPTION_NOT_HANDLED for every other exception, so the kernel's own handling runs and an
+unhandled fault ends in a bugcheck instead of running the faulting instruction again. Continue2
+leaves the kernel's symbol range unchanged (CurrentSymbolStart = 1).
 """
 
 from __future__ import annotations
@@ -25,6 +35,12 @@ _LOAD_SYMBOLS = struct.Struct("<I4xQQII?")  # path length, base, process, checks
 _PRINT_API = kd.API_PRINT_STRING.to_bytes(4, "little")
 RETRANSMIT_AFTER = 1.5
 MAX_RETRANSMITS = 5
+# A break-in byte can be lost (a reader that reconnects while QEMU still restores a saved state; a port that the
+# firmware or the kernel's debugger initialisation flushes): until the target's first packet after an attach,
+# it is sent again every BREAKIN_RETRY seconds of silence, BREAKIN_TRIES times in all. Harmless when it arrives
+# twice: a kernel in the debugger forgets a break-in byte that a packet leader follows.
+BREAKIN_RETRY = 2.0
+BREAKIN_TRIES = 5
 
 
 @dataclass(frozen=True)
@@ -37,7 +53,7 @@ class KdLine:
 
 @dataclass(frozen=True)
 class KdStateChange:
-    """The target stopped (breakpoint, exception, bugcheck break) and was continued."""
+    """The target stopped (breakpoint, exception, bugcheck break, a break-in) and was continued with ``status``."""
 
     processor: int
     thread: int
@@ -46,10 +62,22 @@ class KdStateChange:
     address: int
     first_chance: bool
     parameters: tuple[int, ...]
+    status: int = kd.DBG_CONTINUE
 
     def describe(self) -> str:
         chance = "first" if self.first_chance else "second"
-        return f"state change: exception 0x{self.code:08X} at 0x{self.address:x} on cpu {self.processor} ({chance} chance), continued"
+        how = "continued" if self.status == kd.DBG_CONTINUE else "continued as not handled"
+        return f"state change: exception 0x{self.code:08X} at 0x{self.address:x} on cpu {self.processor} ({chance} chance), {how}"
+
+
+@dataclass(frozen=True)
+class KdAttach:
+    """The host attached to the link (a new connection) and sent a break-in; the stop it causes is continued."""
+
+    number: int
+
+    def describe(self) -> str:
+        return f"debugger attached (connection {self.number}): break-in sent"
 
 
 @dataclass(frozen=True)
@@ -86,7 +114,14 @@ class KdNotice:
         return self.text
 
 
-KdEvent = KdLine | KdStateChange | KdModule | KdBugcheck | KdNotice
+KdEvent = KdLine | KdStateChange | KdModule | KdBugcheck | KdNotice | KdAttach
+
+
+def continue_status(code: int) -> int:
+    """How an exception stop is continued: breakpoints (a DbgBreakPoint, a break-in, the bugcheck breaks) and
+    single steps as handled; anything else as not handled, so the kernel dispatches it (an unhandled fault then
+    bugchecks with KMODE_EXCEPTION_NOT_HANDLED instead of faulting again for ever)."""
+    return kd.DBG_CONTINUE if code in (kd.STATUS_BREAKPOINT, kd.STATUS_SINGLE_STEP) else kd.DBG_EXCEPTION_NOT_HANDLED
 
 
 @dataclass
@@ -124,7 +159,10 @@ class KdHost:
         self.last_accepted: tuple[int, int, bytes] | None = None
         self.lines: dict[int, bytearray] = {}
         self.last_line: dict[int, str] = {}
-        self.stats = {"packets": 0, "acks": 0, "resends_asked": 0, "duplicates": 0, "resets": 0, "retransmits": 0}
+        self.attaches = 0
+        self.breakins_left = 0  # break-in bytes still to send while the target says nothing after an attach
+        self.breakin_at = 0.0
+        self.stats = {"packets": 0, "acks": 0, "resends_asked": 0, "duplicates": 0, "resets": 0, "retransmits": 0, "resyncs": 0}
 
     # -- input -----------------------------------------------------------------------------------
 
@@ -144,10 +182,18 @@ class KdHost:
             self.stats["retransmits"] += 1
             self.sent_at = now
             out.send += self.outstanding
+        if self.breakins_left and now - self.breakin_at >= BREAKIN_RETRY:
+            self.breakins_left -= 1
+            self.breakin_at = now
+            out.send += bytes([kd.BREAKIN_BYTE])
         return out
 
-    def reconnected(self) -> Output:
-        """A new connection (guest restarted, snapshot reverted): ids are unknown until the next RESET."""
+    def attached(self, now: float = 0.0) -> Output:
+        """A (new) connection to the target: forget the link state of any earlier one, and break in.
+
+        A kernel that found no debugger gave up on it and sends nothing until it reads the break-in
+        byte; one that is running, or was just restored, stops once and is continued.
+        """
         self.framer = kd.Framer()
         self.expected = None
         self.synced = False
@@ -156,10 +202,12 @@ class KdHost:
         self.reset_sent = False
         self.replay = None
         self.last_accepted = None
-        out = Output()
-        out.events.append(KdNotice("link reconnected: ids will be resynchronised"))
+        self.attaches += 1
+        self.breakins_left, self.breakin_at = BREAKIN_TRIES - 1, now
+        out = Output(send=bytes([kd.BREAKIN_BYTE]))
         for processor in list(self.lines):
             out.events.extend(self._flush_partial(processor))
+        out.events.append(KdAttach(self.attaches))
         return out
 
     def close(self) -> Output:
@@ -184,9 +232,19 @@ class KdHost:
             return
         base_id = item.id & ~kd.SYNC_BIT
         out.send += kd.encode_control(kd.TYPE_ACKNOWLEDGE, base_id)
+        self.breakins_left = 0  # the target talks
         repeat = (base_id, item.type, item.payload) == self.last_accepted
-        if (item.id & kd.SYNC_BIT and not repeat) or self.expected is None:
-            self.expected = base_id  # SYNC: adopt the target's numbering (unless it is a resend)
+        if item.id & kd.SYNC_BIT and not repeat:
+            # SYNC: the target numbers from the start again (booted, or gave up on the debugger) and now expects
+            # our packets from INITIAL: adopt its numbering, and synchronise ours before we send.
+            if self.synced:
+                self.stats["resyncs"] += 1
+            self.expected = base_id
+            self.synced = False
+            self.outstanding = None
+            self.queue.clear()
+        elif self.expected is None:
+            self.expected = base_id
         if base_id != self.expected:
             self.stats["duplicates"] += 1
             return
@@ -287,11 +345,13 @@ class KdHost:
                 code, _, _, address, count = _EXCEPTION.unpack_from(packet.payload, 32)
                 params = struct.unpack_from("<15Q", packet.payload, 64)[: min(count, 15)]
                 first = struct.unpack_from("<I", packet.payload, 184)[0] != 0
-                out.events.append(KdStateChange(processor, thread, pc, code, address, first, tuple(params)))
+                out.events.append(KdStateChange(processor, thread, pc, code, address, first, tuple(params), continue_status(code)))
             else:
                 out.events.append(KdNotice(f"state change 0x{state:04x} on cpu {processor}, continued"))
-        continue2 = struct.pack("<IHHI4xII", kd.API_CONTINUE2, level, processor, 0, kd.DBG_CONTINUE, 0).ljust(kd.MANIPULATE_SIZE, b"\0")
-        out.send += self._send(kd.TYPE_STATE_MANIPULATE, continue2, now, packet)
+        status = kd.DBG_CONTINUE
+        if state == kd.STATE_EXCEPTION and len(packet.payload) >= 36:
+            status = continue_status(struct.unpack_from("<I", packet.payload, 32)[0])
+        out.send += self._send(kd.TYPE_STATE_MANIPULATE, kd.encode_continue2(level, processor, status), now, packet)
         return out
 
     def _file_io(self, packet: kd.Packet, now: float, quiet: bool) -> Output:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from harness.kernel.stacks import StackReport as StackReport
+
 #: Where a line came from: the kernel debug log (DbgPrint), or another source (a serial console, a program's output).
 KERNEL = "kernel"
 
@@ -55,7 +57,7 @@ class DebugEvent:
     """Something the kernel debugger saw besides a log line: a stop, a module load, a link notice."""
 
     t: float
-    kind: str  # "state-change", "module", "notice"
+    kind: str  # "state-change", "module", "notice", "attach"
     summary: str
 
 
@@ -71,4 +73,4 @@ class Action:
     ok: bool = True
 
 
-Event = LogLine | DriverStatus | GuestCrash | GuestHang | DebugEvent | Action
+Event = LogLine | DriverStatus | GuestCrash | GuestHang | DebugEvent | Action | StackReport

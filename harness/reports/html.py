@@ -11,6 +11,7 @@ from pathlib import Path
 from harness.reports.svg import render_svg
 from harness.reports.timeline import event_row
 from harness.runner import ScenarioResult
+from harness.triage.model import Triage
 
 _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}
@@ -26,6 +27,7 @@ pre,td.text{font-family:ui-monospace,monospace;white-space:pre-wrap;tab-size:8}
 tr.log td.kind{color:#1565c0}tr.action td.kind{color:#2e7d32}tr.crash td{background:#f3e5f5}tr.status td.kind{color:#6d4c41}
 .message{margin:.4em 0;font-weight:600}details{margin-top:.4em}
 figure.timeline{margin:.6em 0;overflow-x:auto}figure.timeline svg{display:block;max-width:100%;height:auto}
+.signature{font-family:ui-monospace,monospace;font-weight:600}tr.test td{background:#fff8e1}
 """
 
 
@@ -48,6 +50,10 @@ def _scenario(result: ScenarioResult, out_dir: Path) -> str:
     if evidence.note:
         links = "".join(f' <a href="{_esc(os.path.relpath(path, out_dir))}">{_esc(path.name)}</a>' for path in evidence.files)
         parts.append(f'<div class="evidence">crash dump: {_esc(evidence.note)}{links}</div>')
+    if result.signature is not None:
+        parts.append(f'<div>signature: <span class="signature">{_esc(result.signature)}</span></div>')
+    if result.triage is not None:
+        parts.append(_triage(result.triage))
     if result.context:
         parts.append(
             "<div>kernel log before it:</div><pre>" + "".join(f"+{line.t:.3f}s {_esc(line.text)}\n" for line in result.context) + "</pre>"
@@ -68,6 +74,43 @@ def _scenario(result: ScenarioResult, out_dir: Path) -> str:
     return "".join(parts)
 
 
+def _triage(triage: Triage) -> str:
+    """Each thread's frames: function, source line, module+offset, unloaded; frames in drivers under test marked."""
+    parts = []
+    for thread in triage.threads:
+        title = f"{triage.kind}: thread {thread.thread:04x}" + (" (faulting)" if triage.kind == "crash" else "")
+        parts.append(f"<div>{_esc(title)}</div><table><tr><th>#</th><th>frame</th><th>source</th><th>module</th><th>how</th></tr>")
+        for index, frame in enumerate(thread.frames):
+            source = f"{frame.file}:{frame.line}" if frame.file and frame.line else (frame.file or "")
+            parts.append(
+                f'<tr class="{"test" if frame.under_test else ""}"><td>{index}</td><td class="text">{_esc(frame.label)}</td>'
+                f'<td class="text" title="{_esc(source)}">{_esc(frame.source)}</td><td class="text">{_esc(frame.where)}</td>'
+                f"<td>{_esc(frame.how)}</td></tr>"
+            )
+        parts.append("</table>")
+        if thread.end:
+            parts.append(f"<div>walk ended: {_esc(thread.end)}</div>")
+    parts.extend(f"<div>note: {_esc(note)}</div>" for note in triage.notes)
+    return f"<details open><summary>where ({_esc(triage.kind)})</summary>{''.join(parts)}</details>"
+
+
+def _signatures(results: Sequence[ScenarioResult]) -> str:
+    """Crashes and hangs grouped by signature."""
+    groups: dict[str, list[ScenarioResult]] = {}
+    for result in results:
+        if result.signature is not None:
+            groups.setdefault(result.signature, []).append(result)
+    if not groups:
+        return ""
+    rows = "".join(
+        f'<tr><td class="signature">{_esc(signature)}</td><td>{len(members)}</td><td>'
+        + ", ".join(f'<a href="#{_esc(r.id)}">{_esc(r.id)}</a>' for r in members)
+        + "</td></tr>"
+        for signature, members in sorted(groups.items(), key=lambda item: (-len(item[1]), item[0]))
+    )
+    return f"<h2>Crashes and hangs by signature</h2><table><tr><th>signature</th><th>count</th><th>scenarios</th></tr>{rows}</table>"
+
+
 def render_html(results: Sequence[ScenarioResult], out_dir: Path) -> str:
     counts: dict[str, int] = {}
     for result in results:
@@ -81,7 +124,7 @@ def render_html(results: Sequence[ScenarioResult], out_dir: Path) -> str:
     return (
         f"<!doctype html><html lang=en><head><meta charset=utf-8><title>kcb-harness report</title><style>{_STYLE}</style></head>"
         f"<body><h1>kcb-harness report</h1><p>{len(results)} scenarios &middot; {summary} &middot; {generated}</p>"
-        f"<ul>{index}</ul>{body}</body></html>\n"
+        f"<ul>{index}</ul>{_signatures(results)}{body}</body></html>\n"
     )
 
 

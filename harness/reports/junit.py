@@ -35,20 +35,26 @@ def junit_xml(results: Sequence[ScenarioResult], suite: str = "kcb-harness") -> 
         time=f"{total_time:.3f}",
     )
     for result in results:
+        qualifiers = "".join(f" [{part}]" for part in (result.image, result.build) if part)
         case = ET.SubElement(
             node,
             "testcase",
-            classname=f"scenarios.{result.id}",
-            name=_clean(result.name),
+            classname=f"scenarios.{result.key}",
+            name=_clean(result.name + qualifiers),
             file=str(result.path),
             time=f"{result.duration:.3f}",
         )
         properties = ET.SubElement(case, "properties")
         ET.SubElement(properties, "property", name="outcome", value=result.outcome)
         ET.SubElement(properties, "property", name="guest", value=result.guest)
+        for name, value in (("image", result.image), ("build", result.build)):
+            if value:
+                ET.SubElement(properties, "property", name=name, value=value)
         ET.SubElement(properties, "property", name="raw_log", value=str(result.raw_log))
         if result.crash is not None and result.crash.code is not None:
             ET.SubElement(properties, "property", name="crash_code", value=f"0x{result.crash.code:08X}")
+        if result.signature is not None:
+            ET.SubElement(properties, "property", name="signature", value=_clean(result.signature))
         if result.outcome == "failed":
             ET.SubElement(case, "failure", message=_clean(result.message), type="failed").text = _clean(_context(result))
         elif result.outcome != "passed":
@@ -64,7 +70,10 @@ def junit_xml(results: Sequence[ScenarioResult], suite: str = "kcb-harness") -> 
 
 def _context(result: ScenarioResult) -> str:
     lines = "".join(f"  +{line.t:.3f}s {line.text}\n" for line in result.context)
-    return f"{result.message}\n{lines}" if lines else result.message
+    text = f"{result.message}\n{lines}" if lines else result.message
+    if result.triage is not None:
+        text += ("" if text.endswith("\n") else "\n") + result.triage.render()
+    return text
 
 
 def write_junit(results: Sequence[ScenarioResult], path: Path) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.kernel.events import Action, DebugEvent, DriverStatus, Event, GuestCrash, GuestHang, LogLine
+from harness.kernel.events import Action, DebugEvent, DriverStatus, Event, GuestCrash, GuestHang, LogLine, StackReport
 from harness.ntstatus import status_name
 from harness.runner import ScenarioResult
 
@@ -21,14 +21,23 @@ def event_row(event: Event) -> tuple[float, str, str]:
         return event.t, "hang", event.summary
     if isinstance(event, DebugEvent):
         return event.t, "kd", event.summary
+    if isinstance(event, StackReport):
+        frames = sum(len(thread.frames) for thread in event.threads)
+        return event.t, "stacks", f"{event.kind} report: {len(event.threads)} thread(s), {frames} frame(s), {len(event.modules)} module(s)"
     assert isinstance(event, Action)
     mark = "" if event.ok else " [FAILED]"
     return event.t, "action", f"{event.target} ({event.end - event.t:.3f}s){mark}: {event.outcome}"
 
 
 def render_timeline(result: ScenarioResult) -> str:
+    """The events in time order, then where it crashed or hung (the triage), when known."""
     rows = sorted((event_row(event) for event in result.events), key=lambda row: row[0])
-    return "".join(f"+{t:9.3f}s {kind:<6} {text}\n" for t, kind, text in rows)
+    text = "".join(f"+{t:9.3f}s {kind:<6} {text}\n" for t, kind, text in rows)
+    if result.triage is not None:
+        text += "\nwhere:\n" + result.triage.render()
+    elif result.signature is not None:
+        text += f"\nsignature: {result.signature}\n"
+    return text
 
 
 def write_timeline(result: ScenarioResult) -> None:

@@ -167,7 +167,11 @@ def test_compare_names_the_scenarios_a_seeded_bug_breaks(tmp_path: Path) -> None
     assert "UNCHANGED 06-unload-sender-first: passed -> passed" in out
     assert "1 regressed, 0 fixed, 2 compared" in out
     assert (tmp_path / "compare.txt").read_text() in out
-    assert (tmp_path / "candidate" / "junit.xml").is_file()
+    # One report for both builds: each scenario once per build.
+    cases = [case.get("classname", "") for case in ET.parse(tmp_path / "junit.xml").getroot().iter("testcase")]
+    assert sorted(cases) == sorted(
+        f"scenarios.{s}@{b}" for s in ("04-receiver-unloads", "06-unload-sender-first") for b in ("baseline", "candidate")
+    )
 
 
 def test_image_build_help_and_missing_iso() -> None:

@@ -78,7 +78,7 @@ def test_reader_decodes_and_acknowledges_over_a_unix_socket(tmp_path: Path) -> N
     assert texts.count(NOTIFY) == 3 and texts[-1] == "[sysRecv1] Drvier unloaded."
     kinds = [event.kind for event in timeline.events() if isinstance(event, DebugEvent)]
     assert "module" in kinds and "state-change" in kinds
-    assert target.log.continues == [0x00010002, 0x00010002]  # module load and breakpoint both continued
+    assert target.log.statuses == [0x00010002, 0x00010002]  # module load and breakpoint both continued
     assert (tmp_path / "kd-raw.log").stat().st_size > 0
 
 
@@ -161,6 +161,27 @@ def test_text_reader_splits_lines(tmp_path: Path) -> None:
     events: list[Event] = timeline.events()
     assert [e.text for e in events if isinstance(e, LogLine)] == ["marker one", "marker two\ttab", "no newline"]
     assert (tmp_path / "com2.log").read_bytes() == b"marker one\r\nmarker two\ttab\nno newline"
+
+
+def test_every_connection_starts_with_a_break_in(tmp_path: Path) -> None:
+    """A debugger attaching to a running target breaks in, on the first connection and on every reconnection."""
+    listener, endpoint = listen(tmp_path)
+    first_bytes: list[bytes] = []
+
+    def server() -> None:
+        for _ in range(2):
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(10)
+                first_bytes.append(conn.recv(1))
+
+    thread = threading.Thread(target=server)
+    thread.start()
+    reader = KdSerialReader(endpoint, Timeline(), tmp_path / "kd-raw.log")
+    with reader:
+        assert reader.wait_connected(2)
+        thread.join(10)
+    assert first_bytes == [b"\x62", b"\x62"]
 
 
 def test_stopping_a_reader_keeps_every_byte_that_had_arrived(tmp_path: Path) -> None:

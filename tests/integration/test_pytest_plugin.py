@@ -59,3 +59,11 @@ def test_the_shipped_plugin_does_not_deselect_anyone_elses_tests(project: Path) 
     # windows_vm deselection is this repository's policy (its conftest.py), not the plugin's.
     result = pytest_in(project, "test_windows_only.py")
     assert result.returncode == 0 and "1 passed" in result.stdout and "deselected" not in result.stdout, result.stdout + result.stderr
+
+
+def test_a_crashing_scenario_item_says_where_it_crashed(project: Path) -> None:
+    shutil.copy(ROOT / "tests" / "data" / "failing" / "unload-without-unregister.yaml", project / "checks" / "crash.yaml")
+    result = pytest_in(project, "checks/crash.yaml", f"--kcb-drivers={ROOT / 'build' / 'drivers-seeded-bug'}")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "crash signature: 0xC0000005 receiver.sys!OnNotify (unloaded)" in result.stdout
+    assert "frame 0  receiver.sys!OnNotify (receiver.c:" in result.stdout and "unloaded at step 4" in result.stdout

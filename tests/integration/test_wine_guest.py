@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from harness.guests import GuestFactory
 from harness.guests.base import Guest
 from harness.guests.wine.guest import WineGuest
 from harness.guests.wine.prefix import WinePrefix
+from harness.kernel.events import LogLine
 from harness.runner import ScenarioResult, run_scenario
 from harness.scenario.loader import load_scenario
 from harness.timeline import Timeline
@@ -107,3 +110,38 @@ def test_notifying_a_system_defined_object_is_warned_about(wine_factory: GuestFa
     assert result.steps[1].state == "passed"  # the routine registered on \Callback\PowerState was called once
     assert result.steps[2].state == "failed" and "kcb-shim: warning: ExNotifyCallback" in result.message
     assert "kcb-shim: warning: ExNotifyCallback on the system-defined callback object \\Callback\\PowerState" in result.raw_log.read_text()
+
+
+def prefix_contents(prefix: WinePrefix) -> dict[str, str]:
+    """Every regular file of a prefix and its SHA-256 (what a clone's sessions must never change)."""
+    return {
+        str(path.relative_to(prefix.root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in prefix.root.rglob("*")
+        if path.is_file() and not path.is_symlink()
+    }
+
+
+def test_clones_run_sessions_beside_each_other_and_never_change_their_base(
+    wine_prefix: WinePrefix, settings: Settings, tmp_path: Path
+) -> None:
+    before = prefix_contents(wine_prefix)
+    clones = [wine_prefix.clone(90), wine_prefix.clone(91)]
+    scenario = load_scenario(ROOT / "scenarios" / "05-two-receivers.yaml")
+    results: list[ScenarioResult] = []
+
+    def one(prefix: WinePrefix, name: str) -> None:
+        factory: GuestFactory = lambda timeline, run_dir: WineGuest(timeline, run_dir, prefix)  # noqa: E731
+        results.append(run_scenario(scenario, factory, settings.drivers_dir, tmp_path / name))
+
+    threads = [threading.Thread(target=one, args=(prefix, f"clone-{i}")) for i, prefix in enumerate(clones)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert [r.outcome for r in results] == ["passed", "passed"], [r.message for r in results]
+    # The two sessions overlapped: each session's kernel log is its own, with its own drivers' lines.
+    for result in results:
+        assert sum("get notify" in line.text for line in result.events if isinstance(line, LogLine)) >= 3
+    assert prefix_contents(wine_prefix) == before
+    for clone in clones:
+        assert clone.session_pids() == []

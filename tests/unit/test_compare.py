@@ -7,6 +7,7 @@ from pathlib import Path
 from harness.compare import compare, diff_logs, normalise, render
 from harness.kernel.events import LogLine
 from harness.runner import Outcome, ScenarioResult
+from harness.triage.model import Frame, ThreadTriage, Triage
 
 NOTIFY = "[sysRecv1]:get notify ulType:(1)\tulValue:(hello)"
 
@@ -42,3 +43,23 @@ def test_log_diff_counts_first_difference_and_timing() -> None:
     assert diff.notify_interval[0] is not None and abs(diff.notify_interval[0] - 0.2) < 1e-9
     assert diff.notify_interval[1] == 1.0
     assert diff_logs(base, base).same
+
+
+def crashed(id: str, signature: str) -> ScenarioResult:
+    r = result(id, "crashed", [])
+    r.triage = Triage(kind="crash", signature=signature, threads=(ThreadTriage(1, (Frame(pc=0, how="context"),)),))
+    return r
+
+
+def test_the_candidates_crash_is_the_baselines_or_a_new_one() -> None:
+    seeded = "0xC0000005 receiver.sys!OnNotify (unloaded)"
+    base = [crashed("a", seeded), crashed("b", seeded), result("c", "passed", []), result("d", "hung", [])]
+    cand = [crashed("a", seeded), crashed("b", "0xC0000005 receiver.sys!CountNotification"), crashed("c", seeded), result("d", "hung", [])]
+    changes = {change.id: change for change in compare(base, cand)}
+    assert changes["a"].failure_verdict == "same crash" and changes["b"].failure_verdict == "new crash"
+    assert changes["c"].failure_verdict == "new crash" and changes["d"].failure_verdict == "same hang"
+    text = render(list(changes.values()))
+    assert f"same crash: {seeded}" in text
+    assert f"new crash: 0xC0000005 receiver.sys!CountNotification (baseline: {seeded})" in text
+    assert f"new crash: {seeded} (baseline: passed)" in text
+    assert "same hang: hang (no stacks)" in text

@@ -118,7 +118,7 @@ def test_breakpoint_is_continued_after_resynchronising() -> None:
     events = pump(host, target)
     stops = [event for event in events if isinstance(event, KdStateChange)]
     assert len(stops) == 1 and stops[0].code == 0x80000003 and stops[0].address == 0xFFFFF80012345678
-    assert target.log.continues == [kd.DBG_CONTINUE]
+    assert target.log.statuses == [kd.DBG_CONTINUE]
     assert target.log.resets_received == 1
     assert lines(events) == ["before", "after"]
 
@@ -133,7 +133,7 @@ def test_module_load_is_reported_with_its_path_and_continued() -> None:
         ("\\SystemRoot\\system32\\drivers\\receiver.sys", 0xFFFFF80000400000, 0x6000, False),
         ("\\SystemRoot\\system32\\drivers\\receiver.sys", 0xFFFFF80000400000, 0x6000, True),
     ]
-    assert target.log.continues == [kd.DBG_CONTINUE, kd.DBG_CONTINUE]
+    assert target.log.statuses == [kd.DBG_CONTINUE, kd.DBG_CONTINUE]
 
 
 def test_bugcheck_sequence_gives_code_parameters_and_is_continued() -> None:
@@ -144,7 +144,7 @@ def test_bugcheck_sequence_gives_code_parameters_and_is_continued() -> None:
     events = pump(host, target)
     bugchecks = [event for event in events if isinstance(event, KdBugcheck)]
     assert bugchecks == [KdBugcheck(0x7E, (0xFFFFFFFFC0000005, 0xFFFFF80000401020, 0xFFFF8000AAAA0000, 0xFFFF8000BBBB0000))]
-    assert len(target.log.continues) == 2
+    assert len(target.log.statuses) == 2
     assert "*** Fatal System Error: 0x0000007e" in lines(events)
 
 
@@ -186,10 +186,10 @@ def test_a_reconnect_resynchronises_before_the_next_continue() -> None:
     host, target = KdHost(), KdTarget()
     target.exception()
     pump(host, target)
-    host.reconnected()
+    target.receive(host.attached().send)  # the break-in byte waits in the UART for the running kernel's next poll
     target.exception()
     pump(host, target)
-    assert target.log.continues == [kd.DBG_CONTINUE, kd.DBG_CONTINUE]
+    assert target.log.statuses == [kd.DBG_CONTINUE, kd.DBG_CONTINUE]
     assert target.log.resets_received == 2
 
 

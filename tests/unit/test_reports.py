@@ -9,6 +9,7 @@ from harness.guests.base import CrashEvidence
 from harness.kernel.events import Action, GuestCrash, LogLine
 from harness.reports import write_reports
 from harness.runner import ScenarioResult, StepResult
+from harness.triage.model import Frame, ThreadTriage, Triage
 
 NOTIFY = "[sysRecv1]:get notify ulType:(1)\tulValue:(hello)"
 
@@ -58,3 +59,29 @@ def test_html_is_self_contained_and_escaped(tmp_path: Path) -> None:
     assert "wine: Unhandled page fault &lt;here&gt;" in page
     assert 'crash dump: 1 crash dump(s) pulled after 95s <a href="s/03/crash/112526-01.dmp">112526-01.dmp</a>' in page
     assert (tmp_path / "s" / "01" / "timeline.txt").read_text().count("\n") == 2
+
+
+def test_crashes_show_where_and_group_by_signature(tmp_path: Path) -> None:
+    signature = "0xC0000005 receiver.sys!OnNotify (unloaded)"
+    frame = Frame(pc=0x27C1020, how="context", module="receiver.sys", offset=0x1020, function="OnNotify", file="/src/receiver.c",
+                  line=91, under_test=True, unloaded=True, unloaded_at="step 4")  # fmt: skip
+    triage = Triage(kind="crash", signature=signature, threads=(ThreadTriage(0x12C, (frame,), "thread-start"),), notes=("a <note>",))
+    all_results = results(tmp_path)
+    twin = ScenarioResult(id="04-twin", name="twin", path=Path("scenarios/04.yaml"), guest="wine", run_dir=tmp_path / "s" / "04")
+    twin.outcome, twin.message = "crashed", "page fault"
+    for crashed in (all_results[2], twin):
+        crashed.triage = triage
+    write_reports([*all_results, twin], tmp_path)
+    cases = ET.parse(tmp_path / "junit.xml").getroot().findall("testsuite/testcase")
+    props = {p.get("name"): p.get("value") for p in cases[2].iter("property")}
+    assert props["signature"] == signature
+    error = cases[2].find("error")
+    assert error is not None and "frame 0  receiver.sys!OnNotify (receiver.c:91) [receiver.sys+0x1020, unloaded at step 4]" in (
+        error.text or ""
+    )
+    timeline = (tmp_path / "s" / "03" / "timeline.txt").read_text()
+    assert "where:\ncrash signature: " + signature in timeline and "(walk ended: thread-start)" in timeline
+    page = (tmp_path / "report.html").read_text()
+    assert "Crashes and hangs by signature" in page
+    assert f'<td class="signature">{signature}</td><td>2</td><td><a href="#03-crash">03-crash</a>, <a href="#04-twin">04-twin</a>' in page
+    assert 'title="/src/receiver.c:91">receiver.c:91</td>' in page and "unloaded at step 4" in page and "a &lt;note&gt;" in page

@@ -10,6 +10,7 @@ import pytest
 from harness.errors import GuestError, GuestHung
 from harness.guests.base import ControlResult, CrashEvidence, DriverInstall, Guest
 from harness.kernel.events import DriverStatus, GuestCrash, LogLine
+from harness.kernel.stacks import ModuleRange, StackFrame, StackReport, ThreadStack
 from harness.runner import ScenarioResult, run_scenario
 from harness.scenario.loader import load_scenario
 from harness.timeline import Timeline
@@ -26,11 +27,18 @@ class ScriptedGuest(Guest):
         self.installed: list[DriverInstall] = []
         self.started = self.stopped = False
         self.collected: list[Path] = []
+        self.stacks_asked: list[bool] = []  # each time: was the guest still up?
+        self.hang_report: StackReport | None = None
 
     def collect_crash_evidence(self, dest: Path) -> CrashEvidence:
         assert not self.stopped, "evidence is collected while the guest is still up"
         self.collected.append(dest)
         return CrashEvidence((dest / "MINI.dmp",), "1 crash dump(s) pulled after 3s")
+
+    def report_stacks(self, timeout: float) -> None:
+        self.stacks_asked.append(not self.stopped)
+        if self.hang_report is not None:
+            self.timeline.append(self.hang_report)
 
     def start(self) -> None:
         self.started = True
@@ -71,9 +79,11 @@ steps:
 """
 
 
-def run(tmp_path: Path, script: Script, text: str = SCENARIO, images: bool = True) -> tuple[ScenarioResult, list[ScriptedGuest]]:
+def run(
+    tmp_path: Path, script: Script, text: str = SCENARIO, images: bool = True, guest_class: type[ScriptedGuest] = ScriptedGuest
+) -> tuple[ScenarioResult, list[ScriptedGuest]]:
     drivers = tmp_path / "drivers"
-    drivers.mkdir(exist_ok=True)
+    drivers.mkdir(exist_ok=True, parents=True)
     if images:
         (drivers / "sender.sys").write_bytes(b"MZ")
     path = tmp_path / "case.yaml"
@@ -81,7 +91,7 @@ def run(tmp_path: Path, script: Script, text: str = SCENARIO, images: bool = Tru
     guests: list[ScriptedGuest] = []
 
     def factory(timeline: Timeline, run_dir: Path) -> Guest:
-        guests.append(ScriptedGuest(timeline, run_dir, script))
+        guests.append(guest_class(timeline, run_dir, script))
         return guests[-1]
 
     return run_scenario(load_scenario(path), factory, drivers, tmp_path / "out"), guests
@@ -203,6 +213,46 @@ def test_a_crash_that_breaks_the_transport_is_crashed_and_its_dump_is_collected(
     assert result.message.startswith("the guest crashed: bugcheck 0x000000D1") and "connection reset" in result.message
     assert guests[0].collected == [result.run_dir / "crash"] and guests[0].stopped
     assert result.crash_evidence.files == (result.run_dir / "crash" / "MINI.dmp",)
+
+
+def test_a_crash_with_a_stack_report_gets_its_triage_and_signature(tmp_path: Path) -> None:
+    """The report names the scenario's image (sender.sys) for the guest's module of its service (sysTest.sys)."""
+
+    def crash(guest: ScriptedGuest, action: str, service: str) -> ControlResult:
+        module = ModuleRange("C:\\kcb\\sysTest.sys", 0x2000000, 0x9000)
+        frames = (StackFrame(0x2001020, 0x100, "context"),)
+        report = StackReport(guest.timeline.now(), "crash", (ThreadStack(7, frames),), (module,), code=0xC0000005, thread=7)
+        guest.timeline.append(report)
+        guest.timeline.append(GuestCrash(t=guest.timeline.now(), summary="unhandled page fault", code=0xC0000005))
+        return ControlResult(ok=False, status=None, win32=None, detail="guest crashed")
+
+    class NamedAfterService(ScriptedGuest):
+        def module_name(self, driver: DriverInstall) -> str:
+            return f"{driver.service}.sys"
+
+    result, _ = run(tmp_path, crash, guest_class=NamedAfterService)
+    assert result.outcome == "crashed" and result.triage is not None
+    assert result.signature == "0xC0000005 sender.sys+0x1020"  # the image is no PE file here: module and offset
+
+
+def test_a_hang_asks_the_guest_for_its_stacks_before_teardown(tmp_path: Path) -> None:
+    def hang(guest: ScriptedGuest, action: str, service: str) -> ControlResult:
+        guest.hang_report = StackReport(guest.timeline.now(), "hang", (ThreadStack(1, (StackFrame(0x10, 0x20, "context"),)),))
+        raise GuestHung("the guest did not answer 'start' within 30s")
+
+    result, guests = run(tmp_path, hang)
+    assert result.outcome == "hung" and guests[0].stacks_asked == [True]
+    assert result.triage is not None and result.signature == "hang (no driver frame)"
+
+
+def test_a_hang_without_stacks_and_a_pass_have_the_expected_signatures(tmp_path: Path) -> None:
+    def hang(guest: ScriptedGuest, action: str, service: str) -> ControlResult:
+        raise GuestHung("the guest did not answer 'start' within 30s")
+
+    hung, _ = run(tmp_path / "a", hang)
+    assert hung.triage is None and hung.signature == "hang (no stacks)"
+    passed, guests = run(tmp_path / "b", succeed)
+    assert passed.signature is None and guests[0].stacks_asked == []
 
 
 def test_an_image_the_guest_refuses_ends_the_scenario_before_the_guest_starts(tmp_path: Path) -> None:

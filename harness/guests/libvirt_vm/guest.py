@@ -1,9 +1,14 @@
 """The real guest: a libvirt Windows VM, reverted to a running snapshot before every scenario.
 
 Once per harness run (``VmSession.prepare``): stale VMs of dead harness runs
-are removed, the VM boots on an overlay of the golden image, the transport
-waits until Windows answers, and the running snapshot is taken. Per scenario
-(``LibvirtGuest``): revert (paused), attach the KD reader on COM1 and the
+are removed, the VM boots paused on an overlay of the golden image, the KD
+reader (COM1) and the text reader (COM2) attach, the guest runs, the transport
+waits until Windows answers, and the running snapshot is taken. Every boot the
+harness reads goes this way (the Driver Verifier reboot keeps the readers
+attached; a restart after a crash happens while the scenario's readers are
+attached): a kernel that finds no debugger gives up on it, and a snapshot of
+it would print nothing. Each attach of the KD reader breaks in (``KdHost.attached``).
+Per scenario (``LibvirtGuest``): revert (paused), attach the KD reader on COM1 and the
 text reader on COM2, resume, reconnect the transport; install drivers with
 sc.exe and their Parameters; load/unload; lifecycle crash events (and a
 reset the guest asked for) become GuestCrash events, with the Hyper-V
@@ -20,6 +25,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -40,7 +46,7 @@ from harness.guests.libvirt_vm.vm import (
     remove_stale,
 )
 from harness.kd.serial import Endpoint, KdSerialReader, SerialReader, TextSerialReader
-from harness.kernel.events import GuestHang
+from harness.kernel.events import DebugEvent, Event, GuestCrash, GuestHang, LogLine
 from harness.timeline import Timeline
 from harness.transports.base import Transport, TransportError, connect_with_retries
 from harness.transports.commands import (
@@ -72,6 +78,17 @@ WIN32_TO_STATUS = {
     577: 0xC0000428,
     1275: 0xC000036C,
 }
+
+
+def _event_text(event: Event) -> str:
+    """A serial event as ``harness kd replay`` prints it: log lines as they are, debugger events after ``#kd``."""
+    if isinstance(event, LogLine):
+        return event.text
+    if isinstance(event, DebugEvent):
+        return f"#kd {event.summary}"
+    if isinstance(event, GuestCrash | GuestHang):
+        return f"# {event.summary}"
+    return repr(event)
 
 
 class VmSession:
@@ -115,6 +132,9 @@ class VmSession:
             forwards=(PortForward(self.host_port, config.transport.port),),
         )
         self.vm = VirtualMachine(settings.uri, replace(spec, owner_pid=os.getpid()), settings.image, run, host=self.host)
+        # The serial captures of the boots outside scenarios (prepare, Driver Verifier), on this machine; kept after
+        # the run (close() removes only the VM's run folder).
+        self.log_dir = work
         self.prepared = False
         self.dump_listing = powershell(list_files(MINIDUMP_DIR, "*.dmp"))
         self.known_dumps: tuple[str, ...] = ()  # in the ready snapshot already: not this scenario's
@@ -142,6 +162,51 @@ class VmSession:
         if isinstance(port, int):
             return Endpoint.opened_by(partial(self.host.open_port, port), f"{self.host.name}:127.0.0.1:{port}")
         return Endpoint("unix", str(port))
+
+    def attach_readers(self, timeline: Timeline, folder: Path) -> list[SerialReader]:
+        """Attach the KD reader to COM1 (it breaks in on every connection) and the text reader to COM2.
+
+        Returns the started readers, each connected once; their raw captures go to ``folder``.
+
+        Raises:
+            GuestError: a port could not be attached (the readers are stopped again).
+        """
+        spec = self.vm.spec
+        assert spec.com1 is not None
+        readers: list[SerialReader] = [KdSerialReader(self.serial_endpoint(spec.com1), timeline, folder / "kd-raw.log")]
+        if spec.com2 is not None:
+            readers.append(TextSerialReader(self.serial_endpoint(spec.com2), timeline, folder / "com2.log", source="com2"))
+        try:
+            for reader in readers:
+                reader.start()
+                if not reader.wait_connected(1, timeout=30):
+                    raise GuestError(f"could not attach to the VM's serial port {reader.endpoint.address}")
+        except BaseException:
+            for reader in readers:
+                reader.stop()
+            raise
+        return readers
+
+    @contextlib.contextmanager
+    def attached_readers(self, timeline: Timeline, folder: Path) -> Iterator[None]:
+        """The serial readers attached for a boot outside a scenario; what they decoded is written to ``folder``/kd.txt.
+
+        Raises:
+            GuestError: a port could not be attached.
+        """
+        readers = self.attach_readers(timeline, folder)
+        try:
+            yield
+        finally:
+            for reader in readers:
+                reader.stop()
+            text = "".join(f"+{event.t:9.3f}s {_event_text(event)}\n" for event in timeline.events())
+            (folder / "kd.txt").write_text(text, encoding="utf-8")
+
+    def _phase(self, name: str) -> contextlib.AbstractContextManager[None]:
+        folder = self.log_dir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        return self.attached_readers(Timeline(), folder)
 
     def connect_transport(self, timeout: float) -> Transport:
         """Connect to the guest, retrying until ``timeout`` (Windows may still be starting).
@@ -180,11 +245,13 @@ class VmSession:
         if removed:
             log.warning("removed VMs left by a harness that died: %s", ", ".join(removed))
         self.vm.connect()
-        self.vm.boot()
-        with self.connect_transport(settings.ready_timeout) as transport:
-            if settings.crash_dumps:
-                self.known_dumps = tuple(dump_names(transport.run(self.dump_listing, 120).stdout))
-        self.vm.take_ready_snapshot()
+        self.vm.boot(paused=True)  # the debugger is attached before the kernel first talks
+        with self._phase("prepare"):
+            self.vm.resume()
+            with self.connect_transport(settings.ready_timeout) as transport:
+                if settings.crash_dumps:
+                    self.known_dumps = tuple(dump_names(transport.run(self.dump_listing, 120).stdout))
+            self.vm.take_ready_snapshot()  # the readers re-attach to the restored guest (and break in)
         self.prepared = True
 
     def prepare_verifier(self, name: str, setting: str | int, images: tuple[str, ...]) -> None:
@@ -194,22 +261,24 @@ class VmSession:
             GuestError: verifier.exe refused, or the guest did not come back.
         """
         timeout = self.config.vm.ready_timeout
-        self.vm.revert(paused=False)
-        with self.connect_transport(timeout) as transport:
-            result = transport.run(powershell(verifier_script(setting, images)), 120)
-            if not result.ok:
-                raise GuestError(f"verifier.exe failed ({result.exit_code}): {(result.stdout + result.stderr).strip()[:300]}")
-            with contextlib.suppress(TransportError):  # the connection may go down with the guest
-                transport.run(powershell("Restart-Computer -Force"), 60)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:  # until the old instance stops answering
-            try:
-                self._transport().close()
-            except TransportError:
-                break
-            time.sleep(5)
-        self.connect_transport(timeout).close()
-        self.vm.take_ready_snapshot(name)
+        self.vm.revert(paused=True)
+        with self._phase(name):  # attached across the reboot: the new kernel finds its debugger
+            self.vm.resume()
+            with self.connect_transport(timeout) as transport:
+                result = transport.run(powershell(verifier_script(setting, images)), 120)
+                if not result.ok:
+                    raise GuestError(f"verifier.exe failed ({result.exit_code}): {(result.stdout + result.stderr).strip()[:300]}")
+                with contextlib.suppress(TransportError):  # the connection may go down with the guest
+                    transport.run(powershell("Restart-Computer -Force"), 60)
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:  # until the old instance stops answering
+                try:
+                    self._transport().close()
+                except TransportError:
+                    break
+                time.sleep(5)
+            self.connect_transport(timeout).close()
+            self.vm.take_ready_snapshot(name)
 
     def close(self) -> None:
         self.vm.close()
@@ -244,18 +313,8 @@ class LibvirtGuest(Guest):
         self.session.prepare()
         vm.revert(paused=True, name=self._snapshot_name())  # may reboot the VM once (Driver Verifier): not a crash
         vm.listeners.append(self._on_lifecycle)
-        spec = vm.spec
-        assert spec.com1 is not None
-        kd = KdSerialReader(self.session.serial_endpoint(spec.com1), self.timeline, self.raw_log)
-        self.readers.append(kd)
-        if spec.com2 is not None:
-            self.readers.append(
-                TextSerialReader(self.session.serial_endpoint(spec.com2), self.timeline, self.run_dir / "com2.log", source="com2")
-            )
-        for reader in self.readers:
-            reader.start()
-            if not reader.wait_connected(1, timeout=30):
-                raise GuestError(f"could not attach to the VM's serial port {reader.endpoint.address}")
+        # Attached until stop(): through the restart after a crash too (collect_crash_evidence runs before stop()).
+        self.readers = self.session.attach_readers(self.timeline, self.run_dir)
         vm.resume()
         self.watchdog = Watchdog(
             vm, lambda: max(reader.last_activity for reader in self.readers), self.session.config.vm.watchdog,

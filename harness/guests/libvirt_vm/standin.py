@@ -4,7 +4,9 @@ Built by `make standin` (standin-guest/): Debian's kernel and busybox in an
 initramfs, booted directly (no disk content needed; the golden "image" is an
 empty qcow2). ``mode`` picks what its /init does: ``text`` prints
 ``kcb-standin: ready`` and a tick line every 0.2 s on COM1, ``panic`` crashes
-the kernel through pvpanic, ``kd`` runs the KD target emulator on COM1,
+the kernel through pvpanic, ``kd`` runs the KD target emulator on COM1, ``kdticks`` runs it printing
+``kdticks: line N`` every 0.2 s for ever (its reports on COM2: when it gives up on the debugger, and
+when a break-in brings it back),
 ``ssh`` is a reachable guest: sshd (key login with build/standin/ssh/client_ed25519)
 on the user network behind ``ssh_port``, and crash dumps (``/kcb-crash MARKER``
 writes one to the raw disk and resets; the next boot moves it to /dumps).
@@ -26,7 +28,7 @@ from harness.guests.libvirt_vm.vm import VirtualMachine, detect_accel, new_name
 from harness.transports.base import Transport, connect_with_retries
 from harness.transports.ssh import SshTransport
 
-Mode = Literal["text", "panic", "kd", "ssh"]
+Mode = Literal["text", "panic", "kd", "kdticks", "ssh"]
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 

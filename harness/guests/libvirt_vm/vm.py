@@ -243,8 +243,12 @@ class VirtualMachine:
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
-    def boot(self, overlay: bool = True) -> None:
+    def boot(self, overlay: bool = True, paused: bool = False) -> None:
         """Start the VM on a fresh overlay over the golden image (``overlay=False``: on the image itself, to build it).
+
+        With ``paused`` the vCPUs do not run until ``resume()``: serial readers attach first, so the kernel
+        debugger is there before the kernel first talks (libvirt's ``mode='bind'`` sockets do not hold
+        the guest until a client connects; what the guest writes before that is lost).
 
         Raises:
             ConfigError: QEMU's user could not reach the VM's files.
@@ -263,7 +267,7 @@ class VirtualMachine:
         xml = domain_xml(self.spec)
         log.debug("domain XML:\n%s", xml)
         try:
-            self._dom = self.conn.createXML(xml, 0)
+            self._dom = self.conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED if paused else 0)
         except libvirt.libvirtError as error:
             raise GuestError(f"libvirt could not start {self.spec.name}: {error.get_error_message()}") from None
 

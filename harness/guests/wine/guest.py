@@ -11,10 +11,10 @@ lives exactly as long as the scenario.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import threading
@@ -26,9 +26,9 @@ from harness.driver.pe import ImageUnreadable, read_image
 from harness.errors import GuestError, GuestHung
 from harness.guests.base import ControlResult, DriverInstall, Guest
 from harness.guests.wine.imagecheck import refusal
-from harness.guests.wine.log import parse_line
-from harness.guests.wine.prefix import ANCHOR_SERVICE, GUEST_DIR, SERVICE_GROUP, WinePrefix
-from harness.kernel.events import DriverStatus, Event, GuestCrash
+from harness.guests.wine.log import KernelLogParser
+from harness.guests.wine.prefix import ANCHOR_SERVICE, GUEST_DIR, SERVICE_GROUP, WinePrefix, install_file
+from harness.kernel.events import DriverStatus, Event, GuestCrash, StackReport
 from harness.timeline import Timeline
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,17 @@ START_TIMEOUT = 60.0
 STATUS_GRACE = 3.0
 AGENT_GRACE = 5.0
 ERROR_TIMEOUT = 1460
+#: Starting a one-shot Wine program in the running session, on top of its own timeout.
+ONE_SHOT_GRACE = 15.0
+#: How long the stack report may take to come through the kernel log after the driver host said it is done.
+REPORT_GRACE = 5.0
+#: Where Debian's (and upstream's) Wine keeps its 64-bit PE DLLs: to name frames in Wine's own modules.
+WINE_PE_DIRS = (
+    Path("/usr/lib/x86_64-linux-gnu/wine/x86_64-windows"),
+    Path("/usr/lib/wine/x86_64-windows"),
+    Path("/usr/lib64/wine/x86_64-windows"),
+    Path("/opt/wine-stable/lib64/wine/x86_64-windows"),
+)
 
 
 def agent_command(*fields: str | int) -> str:
@@ -162,10 +173,36 @@ class WineGuest(Guest):
         # One file per service: the same image under two services must be two modules.
         target = self.prefix.guest_dir / f"{driver.service}.sys"
         try:
-            shutil.copyfile(driver.image, target)
+            install_file(driver.image, target)
         except OSError as error:
             raise GuestError(f"cannot copy {driver.image} into the guest: {error}") from None
         self._install_service(driver.service, f"{GUEST_DIR}\\{driver.service}.sys", driver.parameters, timeout)
+
+    def module_name(self, driver: DriverInstall) -> str:
+        return f"{driver.service}.sys"  # install() copies each image in under its service's name
+
+    def system_images(self) -> tuple[Path, ...]:
+        # The shim's build folder first: with the shim, the guest's ntoskrnl.exe is ours (ntoskwine.dll is Wine's).
+        own = (self.prefix.files.ntoskrnl.parent,) if self.shim else ()
+        return own + tuple(folder for folder in WINE_PE_DIRS if folder.is_dir())
+
+    def report_stacks(self, timeout: float) -> None:
+        """Ask the driver host for its threads' stacks (kcbagent.exe stacks, a one-shot process: the session's agent
+        may be stuck in a StartService that never returns) and wait for the report in the kernel log."""
+        started = self.timeline.now()
+        code, output = self.prefix.run(
+            [f"{GUEST_DIR}\\kcbagent.exe", "stacks", ANCHOR_SERVICE, str(int(timeout * 1000))], timeout + ONE_SHOT_GRACE
+        )
+        ok, _, detail = parse_reply(output.strip().splitlines()[-1] if output.strip() else "")
+        if not ok:
+            log.warning("the driver host did not report its stacks (exit %s): %s", code, detail)
+            return
+
+        def report(events: list[Event]) -> StackReport | None:
+            return next((e for e in reversed(events) if isinstance(e, StackReport) and e.kind == "hang" and e.t >= started), None)
+
+        if self.timeline.wait_for(report, self.timeline.now() + REPORT_GRACE) is None:
+            log.warning("the driver host said it reported its stacks, but no report arrived")
 
     def load(self, service: str, timeout: float) -> ControlResult:
         return self._control("start", service, timeout)
@@ -207,13 +244,18 @@ class WineGuest(Guest):
             try:
                 line = self._replies.get(timeout=0.05)
             except queue.Empty:
+                self.timeline.check_cancelled()
                 if self._crashed_since(started):
                     return False, None, "the guest crashed"
                 if self.timeline.now() > deadline:
                     raise GuestHung(f"the Wine guest did not answer '{what}' within {timeout:g}s") from None
                 continue
             if line is None:
-                raise GuestError(f"the Wine guest agent exited during '{what}'")
+                code = None
+                if self._agent is not None:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        code = self._agent.wait(timeout=2)
+                raise GuestError(f"the Wine guest agent exited (exit status {code}) during '{what}'; its stderr is in {self.raw_log}")
             return parse_reply(line)
 
     def _crashed_since(self, t: float) -> bool:
@@ -251,11 +293,11 @@ class WineGuest(Guest):
         self._threads.append(thread)
 
     def _read_kernel_log(self, pipe: IO[bytes]) -> None:
+        parser = KernelLogParser()
         for raw in iter(pipe.readline, b""):
             if self._raw is not None:
                 self._raw.write(raw)  # before parsing: a parser fault never loses evidence
-            event = parse_line(raw.decode("utf-8", errors="replace"), self.timeline.now())
-            if event is not None:
+            for event in parser.feed(raw.decode("utf-8", errors="replace"), self.timeline.now()):
                 self.timeline.append(event)
 
     def _read_replies(self, pipe: IO[bytes]) -> None:

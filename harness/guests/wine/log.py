@@ -4,13 +4,16 @@ With ``WINEDEBUG=-all,warn+debugstr`` Wine writes each DbgPrint as
 ``TID:warn:debugstr:vDbgPrintExWithPrefix COMPONENT:LEVEL: message``; the
 callback shim announces driver load results as ``kcb-shim: load NAME status
 0x........``; a fault that takes winedevice.exe down is reported by Wine as
-``wine: Unhandled page fault on ... at address ... (thread ...)``.
+``wine: Unhandled page fault on ... at address ... (thread ...)``, after the
+shim's ``kcb-triage:`` lines with the faulting thread's stack (those, and the
+stacks reported at a hang, are gathered by ``KernelLogParser``).
 """
 
 from __future__ import annotations
 
 import re
 
+from harness.guests.wine.triage_log import TriageLines
 from harness.kernel.events import DriverStatus, Event, GuestCrash, LogLine
 
 #: Wine's optional ``+timestamp`` prefix (its monotonic tick count, in seconds with milliseconds).
@@ -38,6 +41,8 @@ def parse_line(text: str, t: float) -> Event | None:
     match = _DBGPRINT.match(text)
     if match:
         message = match.group(1)
+        if TriageLines.claims(message):
+            return None  # part of a stack report: KernelLogParser
         shim = _SHIM.match(message)
         if shim:
             return DriverStatus(t=t, action=shim.group(1), service=shim.group(2), status=int(shim.group(3), 16))
@@ -48,6 +53,28 @@ def parse_line(text: str, t: float) -> Event | None:
     if _WINE_CHANNEL.match(text) or text.startswith("wine: ") or not text:
         return None
     return LogLine(t=t, text=text)
+
+
+class KernelLogParser:
+    """``parse_line`` with the state a report over several lines needs (the driver host's stack reports)."""
+
+    def __init__(self) -> None:
+        self._triage = TriageLines()
+
+    def feed(self, text: str, t: float) -> list[Event]:
+        """The events one stderr line stands for: a StackReport when it ends one; at a crash line, a crash report
+        the driver host began but could not finish comes first."""
+        match = _DBGPRINT.match(text.rstrip("\r\n"))
+        if match and TriageLines.claims(match.group(1)):
+            report = self._triage.feed(match.group(1), t)
+            return [report] if report is not None else []
+        event = parse_line(text, t)
+        if event is None:
+            return []
+        if isinstance(event, GuestCrash):
+            partial = self._triage.cut_short("crash")
+            return [partial, event] if partial is not None else [event]
+        return [event]
 
 
 def guest_timestamp(text: str) -> float | None:

@@ -15,11 +15,18 @@
  * Every command answers one line on stdout: "ok <detail>" or
  * "err <win32 error> <detail>". Fields never contain TAB or newline (the
  * harness checks), so nothing is interpreted by a shell or by sc.exe.
+ *
+ * Run as "kcbagent.exe stacks <service> <timeout ms>" it is a one-shot tool
+ * instead (the session's agent may be stuck in a StartService that never
+ * returns): it asks the driver host whose first driver is <service> for its
+ * threads' stacks (the shim's named events, see ntoskrnl/triage.c), waits
+ * until they are printed, answers one line as above and exits (0 ok, 1 error).
  */
 #include <windows.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <wchar.h>
 
 #define MAX_LINE 4096
 #define MAX_FIELDS 8
@@ -211,11 +218,44 @@ static void do_control(const char *service, BOOL start, DWORD timeout_ms)
         reply_ok(detail);
 }
 
-int main(void)
+static int request_stacks(const char *service, DWORD timeout_ms)
+{
+    WCHAR name[128];
+    HANDLE request, done;
+    DWORD waited;
+
+    swprintf(name, 128, L"Global\\kcb-triage-done-%hs", service);
+    done = OpenEventW(SYNCHRONIZE, FALSE, name);
+    swprintf(name, 128, L"Global\\kcb-triage-stacks-%hs", service);
+    request = OpenEventW(EVENT_MODIFY_STATE, FALSE, name);
+    if (request == NULL || done == NULL) {
+        DWORD error = GetLastError();
+        if (request != NULL)
+            CloseHandle(request);
+        if (done != NULL)
+            CloseHandle(done);
+        reply_err(error, "no driver host watches for stack requests under this service");
+        return 1;
+    }
+    SetEvent(request);
+    waited = WaitForSingleObject(done, timeout_ms);
+    CloseHandle(request);
+    CloseHandle(done);
+    if (waited != WAIT_OBJECT_0) {
+        reply_err(ERROR_TIMEOUT, "the driver host did not report its stacks in time");
+        return 1;
+    }
+    reply_ok("stacks reported");
+    return 0;
+}
+
+int main(int argc, char **argv)
 {
     char line[MAX_LINE];
     char *fields[MAX_FIELDS];
 
+    if (argc == 4 && strcmp(argv[1], "stacks") == 0)
+        return request_stacks(argv[2], (DWORD)strtoul(argv[3], NULL, 10));
     g_manager = OpenSCManagerW(NULL, NULL, SC_MANAGER_ALL_ACCESS);
     if (g_manager == NULL) {
         reply_err(GetLastError(), "OpenSCManager failed");

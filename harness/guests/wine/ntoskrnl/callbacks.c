@@ -39,6 +39,8 @@
 #define _NTSYSTEM_ 1
 #include <ntifs.h>
 
+#include "triage.h"
+
 #define SHIM_LOG(...) DbgPrintEx(DPFLTR_IHVDRIVER_ID, DPFLTR_ERROR_LEVEL, __VA_ARGS__)
 #define CALLBACK_MAGIC 0x6b636243u /* 'Ccbk' */
 #define SHIM_TAG 0x6d696853u       /* 'Shim' */
@@ -397,21 +399,26 @@ static void service_leaf(PCUNICODE_STRING path, char *out, SIZE_T size)
 
 NTSTATUS NTAPI ZwLoadDriver(PUNICODE_STRING service)
 {
-    NTSTATUS status = wine_ZwLoadDriver(service);
+    NTSTATUS status;
     char name[128];
 
     /* Wine's DbgPrint does not know %wZ. */
     service_leaf(service, name, sizeof(name));
+    kcb_triage_driver_loading(name);
+    status = wine_ZwLoadDriver(service);
     SHIM_LOG("kcb-shim: load %s status 0x%08x\n", name, (unsigned int)status);
     return status;
 }
 
 NTSTATUS NTAPI ZwUnloadDriver(PUNICODE_STRING service)
 {
-    NTSTATUS status = wine_ZwUnloadDriver(service);
+    NTSTATUS status;
     char name[128];
 
+    kcb_triage_unload_begin();
+    status = wine_ZwUnloadDriver(service);
     service_leaf(service, name, sizeof(name));
+    kcb_triage_unload_end(name);
     SHIM_LOG("kcb-shim: unload %s status 0x%08x\n", name, (unsigned int)status);
     return status;
 }
@@ -447,7 +454,9 @@ BOOL WINAPI ShimEntry(PVOID module, ULONG reason, PVOID reserved)
 {
     UNREFERENCED_PARAMETER(module);
     UNREFERENCED_PARAMETER(reserved);
-    if (reason == 1 /* DLL_PROCESS_ATTACH (winnt.h; not in the DDK headers) */)
+    if (reason == 1 /* DLL_PROCESS_ATTACH (winnt.h; not in the DDK headers) */) {
         create_system_objects();
+        kcb_triage_init();
+    }
     return TRUE;
 }

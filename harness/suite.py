@@ -1,0 +1,341 @@
+"""The suite runner that ``harness run``, ``compare`` and the pytest plugin share.
+
+An *item* is one scenario with one driver build on one image. Items go to
+*workers* (``-j``), each with its own guests: a worker owns *lanes*, places
+where one guest can run at a time (a Wine prefix, a VM). With ``warm``, a
+worker has two lanes: while a scenario runs on one, the guest for the
+worker's next item starts on the other, and each guest is torn down in the
+background while the next scenario runs, so start and teardown cost little
+wall time. An ``infra`` outcome is run once more on a fresh guest. Each
+item's ``result.json`` and the suite's JUnit/HTML reports are written as it
+finishes. Ctrl-C or SIGTERM (in the main thread) cancels every running
+scenario (their guests are torn down, their results say "interrupted"),
+ends guests that were started early, and waits for every teardown.
+
+``runner.py`` stays the engine of one scenario; this module only schedules.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from harness.errors import ConfigError
+from harness.guests import GuestFactory
+from harness.reports import write_reports
+from harness.reports.store import save
+from harness.runner import ScenarioInterrupted, ScenarioResult, SetUp, run_set_up, set_up
+from harness.scenario.loader import LoadedScenario
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One scenario run: the scenario, the driver build it uses and the image it runs on (None: the only one)."""
+
+    scenario: LoadedScenario
+    drivers_dir: Path
+    image: str | None = None
+    build: str | None = None
+
+    @property
+    def key(self) -> str:
+        """Unique within a suite: ``<scenario>[@<image>][@<build>]`` (also its folder under scenarios/)."""
+        return "@".join(part for part in (self.scenario.id, self.image, self.build) if part)
+
+
+def expand(scenarios: Sequence[LoadedScenario], builds: Mapping[str | None, Path], images: Sequence[str | None] = (None,)) -> list[Item]:
+    """Every build × scenario × image, in that order. Pure."""
+    return [Item(scenario, drivers, image, build) for build, drivers in builds.items() for scenario in scenarios for image in images]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``K/N`` (1 <= K <= N) as (K, N).
+
+    Raises:
+        ConfigError: anything else.
+    """
+    first, _, second = text.partition("/")
+    if not (first.isdigit() and second.isdigit()) or not 1 <= int(first) <= int(second):
+        raise ConfigError(f"--shard {text!r}: expected K/N with 1 <= K <= N, e.g. 1/4")
+    return int(first), int(second)
+
+
+def select_shard(items: Sequence[Item], shard: int, shards: int) -> list[Item]:
+    """The items of shard ``shard`` of ``shards``: by the order of their keys, every ``shards``-th, starting at ``shard``.
+
+    Deterministic (the same items give the same shards on every machine) and balanced to one item. Pure.
+    """
+    ranked = sorted(range(len(items)), key=lambda index: items[index].key)
+    chosen = {index for position, index in enumerate(ranked) if position % shards == shard - 1}
+    return [item for index, item in enumerate(items) if index in chosen]
+
+
+class Lanes(Protocol):
+    """Where guests run: lane ``n`` hosts one guest at a time (a Wine prefix of its own, a VM of its own)."""
+
+    #: How many lanes there can be (None: as many as wanted).
+    capacity: int | None
+
+    def factory(self, lane: int, image: str | None) -> GuestFactory:
+        """The guest factory of lane ``lane`` for items on ``image``.
+
+        Raises:
+            GuestError: the lane cannot be made (a prefix clone, a VM).
+            ConfigError: no such image.
+        """
+
+
+class _Lane:
+    """One lane's guest teardowns: at most one in flight, waited for before the lane's next guest starts."""
+
+    def __init__(self) -> None:
+        self._teardown: threading.Thread | None = None
+
+    def stop_later(self, stop: Callable[[], None]) -> None:
+        self.wait_idle()
+        self._teardown = threading.Thread(target=stop, daemon=True, name="guest-teardown")
+        self._teardown.start()
+
+    def wait_idle(self) -> None:
+        if self._teardown is not None:
+            self._teardown.join()
+            self._teardown = None
+
+
+@dataclass
+class Worker:
+    """Runs items one after another on its own lanes (two with ``warm``: the next guest starts during the current item).
+
+    The suite gives each worker thread one; the pytest plugin uses one per process, with pytest's ``nextitem``.
+    """
+
+    lanes: Lanes
+    numbers: tuple[int, ...]  # the lanes this worker owns
+    out_dir: Path
+    progress: Callable[[str], None] | None = None
+    symbol_dirs: tuple[Path, ...] = ()  # more folders with the drivers' symbol files
+    _turn: int = 0
+    _pending: tuple[Item, SetUp] | None = None
+    _lanes: dict[int, _Lane] = field(default_factory=dict)
+    current: SetUp | None = None  # the item running now (the suite cancels its timeline)
+
+    def run(self, item: Item, next_item: Item | None = None) -> ScenarioResult:
+        """Run ``item`` (its guest perhaps started already); start ``next_item``'s guest meanwhile, when warm.
+
+        Raises:
+            ScenarioInterrupted: Ctrl-C, SIGTERM, or the suite cancelled it (its result is in the exception).
+        """
+        if self._pending is not None and self._pending[0] == item:
+            prepared = self._pending[1]
+            self._pending = None
+        else:
+            self.discard_pending()
+            prepared = self._prepare(item, early=False)
+        if next_item is not None and len(self.numbers) > 1:
+            self._pending = (next_item, self._prepare(next_item, early=True))
+        self.current = prepared
+        try:
+            result = run_set_up(prepared, self.progress)
+            if result.outcome == "infra":
+                log.warning("%s: %s; running it once more on a fresh guest", item.key, result.message)
+                if self.progress is not None:
+                    self.progress(f"INFRA {item.key}: {result.message}; retrying once")
+                self.current = retry = self._prepare(item, early=False)
+                result = run_set_up(retry, self.progress)
+        except ScenarioInterrupted as interrupted:
+            self._finish(item, interrupted.result)
+            raise
+        finally:
+            self.current = None
+        return self._finish(item, result)
+
+    def _prepare(self, item: Item, early: bool) -> SetUp:
+        number = self.numbers[self._turn % len(self.numbers)]
+        self._turn += 1
+        lane = self._lanes.setdefault(number, _Lane())
+        factory = self.lanes.factory(number, item.image)
+        prepared = set_up(item.scenario, factory, item.drivers_dir, self.out_dir / "scenarios" / item.key, self.symbol_dirs)
+        if prepared.guest is not None:
+            prepared.guest.stop_later = lane.stop_later
+            if early:
+                prepared.guest.start_early(after=lane.wait_idle)
+            else:
+                lane.wait_idle()
+        return prepared
+
+    def _finish(self, item: Item, result: ScenarioResult) -> ScenarioResult:
+        result.image, result.build = item.image, item.build
+        save(result)
+        return result
+
+    def discard_pending(self) -> None:
+        """End a guest started early for an item that will not run here (or not next)."""
+        if self._pending is not None:
+            guest = self._pending[1].guest
+            self._pending = None
+            if guest is not None:
+                guest.discard()
+
+    def close(self) -> None:
+        """End what was started early and wait for every teardown of this worker's guests."""
+        self.discard_pending()
+        for lane in self._lanes.values():
+            lane.wait_idle()
+
+
+@dataclass
+class SuiteResult:
+    results: list[ScenarioResult]
+    interrupted: str | None = None  # why, when Ctrl-C or SIGTERM ended the suite
+
+
+class Suite:
+    """Items on ``jobs`` workers; reports written as each item finishes."""
+
+    def __init__(
+        self,
+        items: Sequence[Item],
+        lanes: Lanes,
+        out_dir: Path,
+        jobs: int = 1,
+        warm: bool = True,
+        progress: Callable[[str], None] | None = None,
+        verbose: bool = False,
+        symbol_dirs: Sequence[Path] = (),
+    ) -> None:
+        self.items = list(items)
+        self.lanes = lanes
+        self.out_dir = out_dir
+        capacity = lanes.capacity
+        self.jobs = max(1, min(jobs, len(self.items) or 1, capacity or jobs))
+        # Warm needs a second lane per worker.
+        self.warm = warm and (capacity is None or capacity >= 2 * self.jobs)
+        self.progress = progress
+        self.verbose = verbose
+        self.symbol_dirs = tuple(symbol_dirs)
+        self._queue: queue.Queue[int] = queue.Queue()
+        self._results: dict[int, ScenarioResult] = {}
+        self._lock = threading.Lock()
+        self._cancelled: str | None = None
+        self._workers: list[Worker] = []
+        self._failures: list[BaseException] = []
+
+    def run(self) -> SuiteResult:
+        """Run every item. Ctrl-C or SIGTERM in the calling (main) thread ends it cleanly (``SuiteResult.interrupted``).
+
+        Raises:
+            GuestError, ConfigError: a worker could not set up its guests (after the others stopped).
+        """
+        for index in range(len(self.items)):
+            self._queue.put(index)
+        per_worker = 2 if self.warm else 1
+        self._workers = [
+            Worker(
+                self.lanes,
+                tuple(range(n * per_worker, (n + 1) * per_worker)),
+                self.out_dir,
+                self.progress if self.verbose else None,
+                self.symbol_dirs,
+            )  # fmt: skip
+            for n in range(self.jobs)
+        ]
+        # Each worker says when it has finished (its guests torn down). Not Thread.join: a join that Ctrl-C
+        # interrupts can leave the thread looking finished in CPython 3.11 (gh-90882), and the run would end early.
+        finished = [threading.Event() for _ in self._workers]
+        threads = [
+            threading.Thread(target=self._work, args=(worker, done), name=f"suite-worker-{n}")
+            for n, (worker, done) in enumerate(zip(self._workers, finished, strict=True))
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            for done in finished:
+                while not done.wait(0.2):  # short waits: Ctrl-C and SIGTERM reach this (main) thread between them
+                    pass
+        except KeyboardInterrupt as signal:
+            self.cancel(str(signal) or "Ctrl-C")
+            for done in finished:
+                done.wait()
+        self._write_reports()
+        if self._failures and self._cancelled is None:
+            raise self._failures[0]
+        return SuiteResult(self.results(), self._cancelled)
+
+    def cancel(self, reason: str) -> None:
+        """Stop handing out items and cancel the running ones (their guests are torn down by their workers)."""
+        self._cancelled = reason
+        for worker in self._workers:
+            current = worker.current
+            if current is not None:
+                current.timeline.cancel(reason)
+
+    def results(self) -> list[ScenarioResult]:
+        with self._lock:
+            return [self._results[index] for index in sorted(self._results)]
+
+    def _next(self) -> int | None:
+        if self._cancelled is not None:
+            return None
+        try:
+            return self._queue.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _work(self, worker: Worker, finished: threading.Event) -> None:
+        try:
+            index = self._next()
+            following = self._next()
+            while index is not None and self._cancelled is None:
+                item = self.items[index]
+                if self.progress is not None:
+                    self.progress(f"RUN  {item.key}: {item.scenario.scenario.name}")
+                try:
+                    result = worker.run(item, self.items[following] if following is not None else None)
+                except ScenarioInterrupted as interrupted:
+                    self._done(index, interrupted.result)
+                    break
+                self._done(index, result)
+                index, following = following, self._next()
+        except BaseException as error:  # a lane that cannot be set up: stop the others, report it from run()
+            log.debug("suite worker failed", exc_info=True)
+            with self._lock:
+                self._failures.append(error)
+            self.cancel(f"a worker failed: {error}")
+        finally:
+            try:
+                worker.close()
+            finally:
+                finished.set()
+
+    def _done(self, index: int, result: ScenarioResult) -> None:
+        with self._lock:
+            self._results[index] = result
+        if self.progress is not None:
+            for line in verdict_lines(result):
+                self.progress(line)
+        self._write_reports()
+
+    def _write_reports(self) -> None:
+        with self._lock:
+            results = [self._results[index] for index in sorted(self._results)]
+            write_reports(results, self.out_dir)
+
+
+def verdict_lines(result: ScenarioResult) -> list[str]:
+    """The console's lines for a finished item: its verdict, and on a crash or hang its signature and where it happened."""
+    mark = "PASS" if result.passed else result.outcome.upper()
+    lines = [f"{mark:<4} {result.key} ({result.duration:.2f}s){': ' + result.message if result.message else ''}"]
+    if result.signature is not None:
+        lines.append(f"     signature {result.signature}")
+        culprit = result.triage.culprit if result.triage is not None else None
+        if result.triage is not None and culprit is not None:
+            lines.append(f"     at {culprit.describe()}")
+            lines.append(f"     stack: {result.triage.chain()}")
+    return lines
