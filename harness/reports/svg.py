@@ -213,7 +213,7 @@ def _span(result: ScenarioResult, steps: Iterable[_Step]) -> float:
             times.append(event.end)
     times.extend(step.end for step in steps)
     span = max(times)
-    return span if span > 0 else 1.0  # nothing took time: a one-second axis with everything at 0
+    return span if span >= 0.001 else 1.0  # nothing took a measurable time: a one-second axis with everything at 0
 
 
 def _axis_step(span: float) -> float:
