@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from harness.reports.svg import render_svg
 from harness.reports.timeline import event_row
 from harness.runner import ScenarioResult
 from harness.triage.model import Triage
@@ -25,6 +26,7 @@ td.t{white-space:nowrap;color:#666;font-variant-numeric:tabular-nums}
 pre,td.text{font-family:ui-monospace,monospace;white-space:pre-wrap;tab-size:8}
 tr.log td.kind{color:#1565c0}tr.action td.kind{color:#2e7d32}tr.crash td{background:#f3e5f5}tr.status td.kind{color:#6d4c41}
 .message{margin:.4em 0;font-weight:600}details{margin-top:.4em}
+figure.timeline{margin:.6em 0;overflow-x:auto}figure.timeline svg{display:block;max-width:100%;height:auto}
 .signature{font-family:ui-monospace,monospace;font-weight:600}tr.test td{background:#fff8e1}
 """
 
@@ -41,6 +43,7 @@ def _scenario(result: ScenarioResult, out_dir: Path) -> str:
     parts.append("</div>")
     if result.message:
         parts.append(f'<div class="message">{_esc(result.message)}</div>')
+    parts.append(f'<figure class="timeline">{render_svg(result)}</figure>')
     if result.crash is not None and result.crash.evidence:
         parts.append("<div>evidence:</div><pre>" + "".join(f"{_esc(line)}\n" for line in result.crash.evidence) + "</pre>")
     evidence = result.crash_evidence
