@@ -43,7 +43,7 @@ def vm_spec(
         name=name,
         memory_mib=settings.memory_mib,
         vcpus=settings.vcpus,
-        disk=disk or settings.image,
+        disk=disk or settings.golden,
         domain_type=accel,
         firmware=settings.firmware,
         ovmf_code=settings.ovmf_code if uefi else None,

@@ -14,6 +14,7 @@ writes one to the raw disk and resets; the next boot moves it to /dumps).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from harness.config import project_root
 from harness.errors import GuestError
 from harness.guests.libvirt_vm.config import VmSettings
 from harness.guests.libvirt_vm.domain_xml import PortForward
-from harness.guests.libvirt_vm.host import parse_remote_uri, remote_port, vm_host
+from harness.guests.libvirt_vm.host import LocalHost, parse_remote_uri, remote_port, vm_host
 from harness.guests.libvirt_vm.spec import vm_spec
 from harness.guests.libvirt_vm.vm import VirtualMachine, detect_accel, new_name
 from harness.transports.base import Transport, connect_with_retries
@@ -122,3 +123,47 @@ def standin_vm(
         owner_pid=os.getpid(), owned_files=(golden,),
     )  # fmt: skip
     return VirtualMachine(uri, spec, golden, run, host=host)
+
+
+def standin_config(
+    folder: Path,
+    images: tuple[str, ...] = (),
+    hosts: tuple[tuple[str, int], ...] = (),
+    name_prefix: str = "kcbsuite",
+    uri: str = "qemu:///system",
+) -> Path:
+    """A harness.yaml with which `--guest libvirt` runs on the stand-in, through the very code a Windows VM gets.
+
+    ``folder`` must be where QEMU can reach (the state folder): the kernel, initramfs and golden images go there.
+    ``images``: named golden images (an image matrix; each an empty disk, the stand-in boots its kernel); none: one
+    ``vm.image``. ``hosts``: a VM host pool of (libvirt URI, slots). The guest is reached over SSH with the stand-in's
+    test key; its host key is in the known_hosts file written here, under the alias the harness files it by.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    kernel, initrd = standin_files(into=folder)
+    names = images or ("standin",)
+    disks = {name: folder / f"{name}.qcow2" for name in names}
+    for disk in disks.values():
+        if not disk.exists():
+            LocalHost().run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M"])
+    host_key, client_key = standin_ssh_keys()
+    known_hosts = folder / "known_hosts"
+    known_hosts.write_text("kcb-guest " + " ".join(host_key.read_text().split()[:2]) + "\n")
+    vm: dict[str, object] = {
+        "uri": uri, "name_prefix": name_prefix, "memory_mib": 256, "vcpus": 1, "hyperv": False, "guest_os": "standin",
+        "kernel": str(kernel), "initrd": str(initrd), "cmdline": "console=ttyS1 quiet panic=0 kcb.mode=ssh",
+        "work_dir": str(folder / "vm"), "ready_timeout": "180s", "watchdog": "60s", "dump_timeout": "180s",
+    }  # fmt: skip
+    if hosts:
+        vm["hosts"] = [{"uri": host, "slots": slots} for host, slots in hosts]
+    config: dict[str, object] = {
+        "vm": vm,
+        "transport": {"type": "ssh", "username": "root", "private_key": str(client_key), "known_hosts": str(known_hosts)},
+    }
+    if images:
+        config["images"] = {name: str(disk) for name, disk in disks.items()}
+    else:
+        vm["image"] = str(disks["standin"])
+    path = folder / "harness.yaml"
+    path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")  # JSON is YAML
+    return path
