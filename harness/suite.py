@@ -34,6 +34,9 @@ from harness.scenario.loader import LoadedScenario
 
 log = logging.getLogger(__name__)
 
+#: Where an item's first attempt is kept when it was run once more after an infra outcome.
+ATTEMPT = "attempt-1"
+
 
 @dataclass(frozen=True)
 class Item:
@@ -149,6 +152,9 @@ class Worker:
                 log.warning("%s: %s; running it once more on a fresh guest", item.key, result.message)
                 if self.progress is not None:
                     self.progress(f"INFRA {item.key}: {result.message}; retrying once")
+                for lane in self._lanes.values():  # the first attempt's guest is down: its logs are complete
+                    lane.wait_idle()
+                self._keep_attempt(result)
                 self.current = retry = self._prepare(item, early=False)
                 result = run_set_up(retry, self.progress)
         except ScenarioInterrupted as interrupted:
@@ -157,6 +163,16 @@ class Worker:
         finally:
             self.current = None
         return self._finish(item, result)
+
+    @staticmethod
+    def _keep_attempt(result: ScenarioResult) -> None:
+        """Keep the first attempt's files (its raw log is evidence of what broke) in ``attempt-1/`` of its folder."""
+        save(result)
+        kept = result.run_dir / ATTEMPT
+        kept.mkdir(exist_ok=True)
+        for path in result.run_dir.iterdir():
+            if path != kept:
+                path.rename(kept / path.name)
 
     def _prepare(self, item: Item, early: bool) -> SetUp:
         number = self.numbers[self._turn % len(self.numbers)]
