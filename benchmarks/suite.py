@@ -31,15 +31,17 @@ def steps_time(result: ScenarioResult) -> float:
     return ran[-1].end - ran[0].start if ran else 0.0
 
 
-def suite_round(jobs: int, warm: bool, out: Path) -> tuple[float, float, int]:
-    """(wall seconds, per-scenario overhead seconds, passed) of one run of the shipped scenarios."""
+def suite_round(jobs: int, warm: bool, out: Path, history: dict[str, float]) -> tuple[float, float, int]:
+    """(wall seconds, per-scenario overhead seconds, passed) of one run of the shipped scenarios, as `harness run` does it
+    (the longest items first, by the durations in ``history``, which it updates)."""
     settings = Settings.defaults(out_dir=out)
     scenarios = [load_scenario(path) for path in discover([ROOT / "scenarios"])]
     with open_lanes(settings) as lanes:
         items = expand(scenarios, {None: settings.drivers_dir})
         started = time.monotonic()
-        results = Suite(items, lanes, out, jobs=jobs, warm=warm).run().results
+        results = Suite(items, lanes, out, jobs=jobs, warm=warm, history=history).run().results
         wall = time.monotonic() - started
+    history.update({result.key: result.duration for result in results})
     overhead = (wall * jobs - sum(steps_time(result) for result in results)) / len(results)
     return wall, overhead, sum(result.passed for result in results)
 
@@ -51,10 +53,12 @@ def main() -> None:
     args = parser.parse_args()
     runs: dict[tuple[str, bool], list[tuple[float, float, int]]] = {("j1", True): [], ("jN", True): [], ("j1", False): []}
     with tempfile.TemporaryDirectory() as folder:
-        suite_round(1, True, Path(folder) / "warm-up")  # prefixes and clones made, caches warm
+        history: dict[str, float] = {}
+        suite_round(1, True, Path(folder) / "warm-up", history)  # prefixes and clones made, caches warm, durations known
         for index in range(args.rounds):  # interleaved: a slow moment of the machine hits every variant alike
             for (label, warm), samples in runs.items():
-                samples.append(suite_round(1 if label == "j1" else args.jobs, warm, Path(folder) / f"{label}-{warm}-{index}"))
+                jobs = 1 if label == "j1" else args.jobs
+                samples.append(suite_round(jobs, warm, Path(folder) / f"{label}-{warm}-{index}", history))
     wall = {key: statistics.median(sample[0] for sample in samples) for key, samples in runs.items()}
     overhead = {key: statistics.median(sample[1] for sample in samples) for key, samples in runs.items()}
     passed = {key: min(sample[2] for sample in samples) for key, samples in runs.items()}

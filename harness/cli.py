@@ -21,7 +21,7 @@ from harness.guests import GUESTS, open_lanes
 from harness.image.answer import ImageOptions
 from harness.runner import ScenarioResult
 from harness.scenario.loader import LoadedScenario, discover, load_scenario
-from harness.suite import Suite, SuiteResult, expand, parse_shard, select_shard
+from harness.suite import Suite, SuiteResult, expand, load_history, parse_shard, save_history, select_shard
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -184,11 +184,14 @@ def run_suite(
             shard, shards = parse_shard(args.shard)
             items = select_shard(items, shard, shards)
             print(f"shard {shard}/{shards}: {len(items)} items", flush=True)
+        history = settings.cache_dir / "durations.json"  # the longest items first: the workers finish together
         suite = Suite(
             items, lanes, settings.out_dir, jobs=_jobs(args), warm=not args.no_warm, progress=_say, verbose=getattr(args, "verbose", False),
-            symbol_dirs=settings.symbol_dirs,
+            symbol_dirs=settings.symbol_dirs, history=load_history(history),
         )  # fmt: skip
-        return suite.run(), len(items)
+        outcome = suite.run()
+        save_history(history, outcome.results)
+        return outcome, len(items)
 
 
 def _images(available: list[str | None], wanted: list[str] | None) -> list[str | None]:

@@ -17,6 +17,7 @@ ends guests that were started early, and waits for every teardown.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -227,6 +228,7 @@ class Suite:
         progress: Callable[[str], None] | None = None,
         verbose: bool = False,
         symbol_dirs: Sequence[Path] = (),
+        history: Mapping[str, float] | None = None,
     ) -> None:
         self.items = list(items)
         self.lanes = lanes
@@ -238,6 +240,7 @@ class Suite:
         self.progress = progress
         self.verbose = verbose
         self.symbol_dirs = tuple(symbol_dirs)
+        self.history = dict(history or {})  # seconds each item took last time: the longest are handed out first
         self._queue: queue.Queue[int] = queue.Queue()
         self._results: dict[int, ScenarioResult] = {}
         self._lock = threading.Lock()
@@ -252,7 +255,7 @@ class Suite:
         Raises:
             GuestError, ConfigError: a worker could not set up its guests (after the others stopped).
         """
-        for index in range(len(self.items)):
+        for index in longest_first(self.items, self.history):
             self._queue.put(index)
         per_worker = 2 if self.warm else 1
         self._workers = [
@@ -359,3 +362,28 @@ def verdict_lines(result: ScenarioResult) -> list[str]:
             lines.append(f"     at {culprit.describe()}")
             lines.append(f"     stack: {result.triage.chain()}")
     return lines
+
+
+def longest_first(items: Sequence[Item], history: Mapping[str, float]) -> list[int]:
+    """The order to hand items out in: longest first by their last duration (unknown ones first of all), so the
+    workers finish together (the longest-processing-time rule). Stable, and the same on every machine. Pure."""
+    return sorted(range(len(items)), key=lambda index: -history.get(items[index].key, float("inf")))
+
+
+def load_history(path: Path) -> dict[str, float]:
+    """Item durations of earlier runs (``save_history``); empty when there are none or the file is unreadable."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {str(key): float(value) for key, value in data.items() if isinstance(value, int | float)} if isinstance(data, dict) else {}
+
+
+def save_history(path: Path, results: Sequence[ScenarioResult]) -> None:
+    """Remember how long each item took (merged into what was remembered), for the next run's ``longest_first``."""
+    history = load_history(path)
+    history.update({result.key: round(result.duration, 3) for result in results if result.duration > 0})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(history, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    temporary.replace(path)

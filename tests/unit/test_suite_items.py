@@ -9,8 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from harness.errors import ConfigError
+from harness.runner import ScenarioResult
 from harness.scenario.loader import load_scenario
-from harness.suite import Item, expand, parse_shard, select_shard
+from harness.suite import Item, expand, load_history, longest_first, parse_shard, save_history, select_shard
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = [load_scenario(path) for path in sorted((ROOT / "scenarios").glob("*.yaml"))]
@@ -49,3 +50,22 @@ def test_shards_cover_every_item_exactly_once_and_are_balanced(count: int, shard
     assert [item.key for item in select_shard(list(reversed(items)), 1, shards)] == [
         item.key for item in reversed(select_shard(items, 1, shards))
     ]
+
+
+def test_the_longest_items_go_first_and_unknown_ones_before_them(tmp_path: Path) -> None:
+    items = expand(SCENARIOS[:4], {None: Path("d")})
+    history = {items[0].key: 1.0, items[1].key: 3.0, items[3].key: 2.0}
+    assert longest_first(items, history) == [2, 1, 3, 0]
+    assert longest_first(items, {}) == [0, 1, 2, 3]  # no history: as listed
+
+
+def test_durations_are_remembered_between_runs(tmp_path: Path) -> None:
+    path = tmp_path / "cache" / "durations.json"
+    assert load_history(path) == {}
+    result = ScenarioResult(id="a", name="a", path=Path("a.yaml"), guest="wine", run_dir=tmp_path, duration=2.5)
+    save_history(path, [result])
+    other = ScenarioResult(id="b", name="b", path=Path("b.yaml"), guest="wine", run_dir=tmp_path, duration=1.25, image="win10")
+    save_history(path, [other])
+    assert load_history(path) == {"a": 2.5, "b@win10": 1.25}
+    path.write_text("not json")
+    assert load_history(path) == {}
