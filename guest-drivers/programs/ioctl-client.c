@@ -6,7 +6,8 @@
  *                                      driver's reply, exit with EXIT_CODE (default 0; 2 when the device or
  *                                      the IOCTL fails)
  *   ioctl-client.exe --echo ARG...     print each argument as "arg[N]=<ARG>" (checks of the command-line quoting)
- *   ioctl-client.exe --hang            start a copy of itself that hangs, then hang too (checks of timeouts)
+ *   ioctl-client.exe --hang            start a copy of itself that hangs, wait until it runs, print a line,
+ *                                      then hang too (checks of timeouts)
  *   ioctl-client.exe --crash           write through a NULL pointer (an unhandled access violation)
  *
  * Every line is flushed as it is printed: a program's output is a pipe in the
@@ -58,26 +59,38 @@ static int echo(int argc, wchar_t **argv)
     return 0;
 }
 
-static int hang(BOOL child)
+/* --hang: start a copy of itself (--hang-child HANDLE), wait until it is up (it sets the inherited event), say so, hang. */
+static int hang(void)
 {
-    wchar_t path[MAX_PATH], line[MAX_PATH + 32];
+    wchar_t path[MAX_PATH], line[MAX_PATH + 64];
+    SECURITY_ATTRIBUTES inherit = {sizeof(inherit), NULL, TRUE};
     STARTUPINFOW startup;
     PROCESS_INFORMATION process;
+    HANDLE up = CreateEventW(&inherit, TRUE, FALSE, NULL);
 
-    if (child) {
-        say(stdout, "client: child hanging");
-        Sleep(INFINITE);
-    }
-    if (GetModuleFileNameW(NULL, path, MAX_PATH) == 0)
+    if (up == NULL || GetModuleFileNameW(NULL, path, MAX_PATH) == 0)
         return 3;
-    swprintf(line, MAX_PATH + 32, L"\"%ls\" --hang-child", path);
+    swprintf(line, MAX_PATH + 64, L"\"%ls\" --hang-child %llu", path, (unsigned long long)(ULONG_PTR)up);
     memset(&startup, 0, sizeof(startup));
     startup.cb = sizeof(startup);
+    startup.dwFlags = STARTF_USESTDHANDLES; /* the child writes where this one does */
+    startup.hStdInput = GetStdHandle(STD_INPUT_HANDLE);
+    startup.hStdOutput = GetStdHandle(STD_OUTPUT_HANDLE);
+    startup.hStdError = GetStdHandle(STD_ERROR_HANDLE);
     if (!CreateProcessW(path, line, NULL, NULL, TRUE, 0, NULL, NULL, &startup, &process)) {
         say(stderr, "client: cannot start the child: error %lu", (unsigned long)GetLastError());
         return 3;
     }
+    WaitForSingleObject(up, INFINITE);
     say(stdout, "client: hanging, child pid %lu", (unsigned long)process.dwProcessId);
+    Sleep(INFINITE);
+    return 0;
+}
+
+static int hang_child(const wchar_t *event)
+{
+    say(stdout, "client: child hanging");
+    SetEvent((HANDLE)(ULONG_PTR)_wcstoui64(event, NULL, 10));
     Sleep(INFINITE);
     return 0;
 }
@@ -115,9 +128,9 @@ int wmain(int argc, wchar_t **argv)
     if (argc >= 2 && wcscmp(argv[1], L"--echo") == 0)
         return echo(argc, argv);
     if (argc == 2 && wcscmp(argv[1], L"--hang") == 0)
-        return hang(FALSE);
-    if (argc == 2 && wcscmp(argv[1], L"--hang-child") == 0)
-        return hang(TRUE);
+        return hang();
+    if (argc == 3 && wcscmp(argv[1], L"--hang-child") == 0)
+        return hang_child(argv[2]);
     if (argc == 2 && wcscmp(argv[1], L"--crash") == 0) {
         say(stdout, "client: about to crash");
         volatile int *volatile nowhere = NULL;

@@ -324,7 +324,8 @@ def windows_command_line(argv: Sequence[str]) -> str:
     line = f'"{program}"' + (" " + windows_arguments(arguments) if arguments else "")
     if len(line.encode("utf-16-le")) // 2 >= CREATE_PROCESS_MAX_CHARS:
         raise CommandLineTooLong(
-            f"a command line of {len(line)} characters: CreateProcess accepts at most {CREATE_PROCESS_MAX_CHARS}, its terminating NUL included"
+            f"a command line of {len(line)} characters: "
+            f"CreateProcess accepts at most {CREATE_PROCESS_MAX_CHARS}, its terminating NUL included"
         )
     return line
 

@@ -128,7 +128,7 @@ def test_absence_looks_only_at_its_source() -> None:
 def test_order_matches_each_pattern_against_its_own_source() -> None:
     spec = Order(
         lines=[
-            LinePattern(match="got IOCTL .* \"hello\"", source="kernel"),
+            LinePattern(match='got IOCTL .* "hello"', source="kernel"),
             LinePattern(line="client: sent 5 bytes", source="ioctl-client.exe"),
         ]
     )

@@ -223,7 +223,14 @@ def test_expectations_keep_their_source(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("0", 0), ("255", 255), ("0xC0000005", 0xC0000005), ("STATUS_ACCESS_VIOLATION", 0xC0000005), ("-1", 0xFFFFFFFF), ("4294967295", 0xFFFFFFFF)],
+    [
+        ("0", 0),
+        ("255", 255),
+        ("0xC0000005", 0xC0000005),
+        ("STATUS_ACCESS_VIOLATION", 0xC0000005),
+        ("-1", 0xFFFFFFFF),
+        ("4294967295", 0xFFFFFFFF),
+    ],
 )
 def test_expect_exit_takes_numbers_hex_and_status_names(tmp_path: Path, value: str, expected: int) -> None:
     step = load_scenario(write(tmp_path, RUN.replace("expect_exit: 3", f"expect_exit: {value}"))).scenario.steps[1]
@@ -242,12 +249,18 @@ def test_programs_folder_key(tmp_path: Path) -> None:
 
 
 BAD_RUN = [
-    ("  - run: ioctl-client.exe\n    args", "  - run: ../ioctl-client.exe\n    args", 6, "steps[1].run", "a program's file name such as ioctl-client.exe"),
+    (
+        "  - run: ioctl-client.exe\n    args",
+        "  - run: ../ioctl-client.exe\n    args",
+        6,
+        "steps[1].run",
+        "a program's file name such as ioctl-client.exe",
+    ),
     ("  - run: ioctl-client.exe\n    args", "  - run: ioctl-client.bat\n    args", 6, "steps[1].run", "ending in .exe"),
     ("  - run: ioctl-client.exe\n    args", "  - run: [x.exe]\n    args", 6, "steps[1].run", "a program's file name"),
     ('args: ["hello", 42', 'args: ["hel\\tlo", 42', 7, "steps[1].args[0]", "control character"),
-    ('args: ["hello", 42', 'args: [true, 42', 7, "steps[1].args[0]", "expected text or a whole number"),
-    ('args: ["hello", 42', 'args: [{a: 1}, 42', 7, "steps[1].args[0]", "expected text or a whole number"),
+    ('args: ["hello", 42', "args: [true, 42", 7, "steps[1].args[0]", "expected text or a whole number"),
+    ('args: ["hello", 42', "args: [{a: 1}, 42", 7, "steps[1].args[0]", "expected text or a whole number"),
     ('args: ["hello", 42, "a b", \'x"y\']', "args: hello", 7, "steps[1].args", "a list"),
     ("expect_exit: 3", "expect_exit: 4294967296", 8, "steps[1].expect_exit", "exit code"),
     ("expect_exit: 3", "expect_exit: STATUS_NOPE", 8, "steps[1].expect_exit", "exit code"),

@@ -25,13 +25,13 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 from harness.errors import ConfigError, GuestError
-from harness.guests.base import ControlResult, CrashEvidence, DriverInstall, Guest
+from harness.guests.base import ControlResult, CrashEvidence, DriverInstall, Guest, ProgramResult
 from harness.guests.libvirt_vm.config import HarnessConfig
 from harness.guests.libvirt_vm.domain_xml import DomainSpec, PortForward
 from harness.guests.libvirt_vm.dumps import collect_dumps, dump_names
@@ -46,15 +46,17 @@ from harness.guests.libvirt_vm.vm import (
     remove_stale,
 )
 from harness.kd.serial import Endpoint, KdSerialReader, SerialReader, TextSerialReader
-from harness.kernel.events import DebugEvent, Event, GuestCrash, GuestHang, LogLine
+from harness.kernel.events import DebugEvent, Event, GuestCrash, GuestHang, LogLine, program_source
 from harness.timeline import Timeline
 from harness.transports.base import Transport, TransportError, connect_with_retries
 from harness.transports.commands import (
     MINIDUMP_DIR,
     create_service,
     list_files,
+    parse_run_output,
     powershell,
     ps_literal,
+    run_script,
     sc_error,
     sc_script,
     set_parameters,
@@ -64,6 +66,9 @@ from harness.transports.commands import (
 
 log = logging.getLogger(__name__)
 
+#: How long a program's upload may take, and how much longer than the program's timeout its report may take.
+PROGRAM_UPLOAD_TIMEOUT = 120.0
+PROGRAM_REPORT_GRACE = 60.0
 IMAGE_HELP = "prepare one from a Windows ISO as vm-images/README.md describes, and point vm.image at it"
 _DRIVER_ENTRY = re.compile(r"DriverEntry status:\(0x([0-9A-Fa-f]{8})\)")
 #: Win32 errors sc.exe reports, back to the NTSTATUS that most often causes them (lossy: used only
@@ -415,3 +420,35 @@ class LibvirtGuest(Guest):
 
     def unload(self, service: str, timeout: float) -> ControlResult:
         return self._control("stop", service, timeout)
+
+    def run_program(self, program: Path, args: Sequence[str], timeout: float) -> ProgramResult:
+        """Upload the program next to the drivers and run it with ``commands.run_script``.
+
+        The output comes back when the program has ended: its lines join the timeline then, all at that time (their
+        order among themselves is kept; against the kernel log they follow everything logged while it ran).
+        """
+        if self.transport is None:
+            raise GuestError("the VM guest is not started")
+        folder = self.session.config.guest_dir
+        if not self.upload_folder_ready:  # SFTP does not create the folder it writes into
+            code, output = self._run(f"New-Item -ItemType Directory -Force -Path {ps_literal(folder)} | Out-Null", PROGRAM_UPLOAD_TIMEOUT)
+            if code != 0:
+                raise GuestError(f"creating {folder} failed: {output.strip()[:300]}")
+            self.upload_folder_ready = True
+        remote = f"{folder}\\{program.name}"
+        self.transport.upload(program, remote, PROGRAM_UPLOAD_TIMEOUT)
+        result = self.transport.run(powershell(run_script(remote, args, timeout)), timeout + PROGRAM_REPORT_GRACE)
+        report = parse_run_output(result.stdout)
+        if report is None:
+            raise GuestError(
+                f"running {program.name} gave no report (exit {result.exit_code}): {(result.stdout + result.stderr).strip()[:300]}"
+            )
+        if report.state == "error":  # it never ran: the message is Windows' reason
+            return ProgramResult(exit_code=None, detail=f"{' '.join(report.stderr).strip()} (Win32 error {report.code})")
+        now = self.timeline.now()
+        for stream, lines in (("stdout", report.stdout), ("stderr", report.stderr)):
+            for line in lines:
+                self.timeline.append(LogLine(now, line, program_source(program.name, stream)))
+        if report.state == "timeout":
+            return ProgramResult(exit_code=None, timed_out=True)
+        return ProgramResult(exit_code=report.code)
