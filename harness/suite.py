@@ -82,6 +82,8 @@ class Lanes(Protocol):
 
     #: How many lanes there can be (None: as many as wanted).
     capacity: int | None
+    #: The images items can run on (None: the guest's only one).
+    images: list[str | None]
 
     def factory(self, lane: int, image: str | None) -> GuestFactory:
         """The guest factory of lane ``lane`` for items on ``image``.
@@ -224,6 +226,7 @@ class Suite:
         self._results: dict[int, ScenarioResult] = {}
         self._lock = threading.Lock()
         self._cancelled: str | None = None
+        self._interrupted = False  # by Ctrl-C or SIGTERM (not by a worker that failed)
         self._workers: list[Worker] = []
         self._failures: list[BaseException] = []
 
@@ -260,11 +263,12 @@ class Suite:
                 while not done.wait(0.2):  # short waits: Ctrl-C and SIGTERM reach this (main) thread between them
                     pass
         except KeyboardInterrupt as signal:
+            self._interrupted = True
             self.cancel(str(signal) or "Ctrl-C")
             for done in finished:
                 done.wait()
         self._write_reports()
-        if self._failures and self._cancelled is None:
+        if self._failures and not self._interrupted:
             raise self._failures[0]
         return SuiteResult(self.results(), self._cancelled)
 

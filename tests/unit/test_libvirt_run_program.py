@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
@@ -12,6 +13,7 @@ import pytest
 from harness.errors import GuestError
 from harness.guests.base import ProgramResult
 from harness.guests.libvirt_vm.guest import LibvirtGuest, VmSession
+from harness.guests.libvirt_vm.shell import StandinShell, WindowsShell
 from harness.kernel.events import LogLine
 from harness.timeline import Timeline
 from harness.transports.base import CommandResult, Transport
@@ -49,7 +51,7 @@ def _script(command: str) -> str:
 
 
 def guest_with(transport: Transport, tmp_path: Path) -> tuple[LibvirtGuest, Path]:
-    session = SimpleNamespace(config=SimpleNamespace(guest_dir="C:\\kcb tests"))
+    session = SimpleNamespace(shell=WindowsShell("C:\\kcb tests"))
     guest = LibvirtGuest(Timeline(), tmp_path, cast(VmSession, session))
     guest.transport = transport
     program = tmp_path / "ioctl-client.exe"
@@ -112,3 +114,12 @@ def test_an_answer_without_a_report_is_a_guest_error(tmp_path: Path) -> None:
     guest, program = guest_with(Recording("The command line is too long.\r\n"), tmp_path)
     with pytest.raises(GuestError, match="ioctl-client.exe"):
         guest.run_program(program, [], 10)
+
+
+def test_the_linux_stand_in_runs_no_programs_and_says_so(tmp_path: Path) -> None:
+    command = StandinShell().run_program("/kcb/ioctl-client.exe", ["hello"], 10)
+    output = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout
+    guest, program = guest_with(Recording(output), tmp_path)
+    assert guest.run_program(program, [], 10) == ProgramResult(
+        None, False, "the Linux stand-in guest runs no user-mode programs (Win32 error 50)"
+    )
