@@ -70,6 +70,7 @@ bench: setup build standin
 	$(PY) benchmarks/suite.py
 	$(PY) benchmarks/winrm_upload.py
 	$(PY) benchmarks/triage.py
+	$(PY) benchmarks/run_step.py
 
 # False failures per 1,000 scenario runs, idle and with both cores busy (long: see benchmarks/soak.py --help).
 soak: setup build standin

@@ -19,7 +19,7 @@ from harness.durations import format_duration
 from harness.errors import GuestError, GuestHung
 from harness.expect.engine import Verdict, check_absence, check_order, check_presence, nearby
 from harness.guests import GuestFactory
-from harness.guests.base import CrashEvidence, DriverInstall, Guest
+from harness.guests.base import CrashEvidence, DriverInstall, Guest, ProgramResult
 from harness.kernel.events import Action, Event, GuestCrash, GuestHang, LogLine, StackReport
 from harness.ntstatus import status_name
 from harness.scenario.loader import LoadedScenario
@@ -28,11 +28,13 @@ from harness.scenario.model import (
     ExpectOrderStep,
     ExpectStep,
     LoadStep,
+    RunStep,
     Step,
     UnloadStep,
     WaitStep,
 )
 from harness.timeline import Timeline
+from harness.transports.commands import windows_arguments
 from harness.triage.analyse import DriverModule, analyse
 from harness.triage.model import Triage
 from harness.triage.pe import ImageError
@@ -134,6 +136,9 @@ def describe_step(step: Step) -> tuple[str, str]:
         return "load", f"load {step.load}{expected}"
     if isinstance(step, UnloadStep):
         return "unload", f"unload {step.unload}"
+    if isinstance(step, RunStep):
+        expected = f" (expect exit {exit_name(step.expect_exit)})" if step.expect_exit else ""
+        return "run", " ".join(["run", step.run, windows_arguments(step.args)]).rstrip() + expected
     if isinstance(step, ExpectStep):
         spec = step.expect
         return "expect", f"expect {spec.count.describe()} of {spec.describe()} within {format_duration(spec.within)}"
@@ -144,14 +149,28 @@ def describe_step(step: Step) -> tuple[str, str]:
     return "wait", f"wait {format_duration(step.wait)}"
 
 
+def exit_name(code: int) -> str:
+    """An exit code as people read it: small ones in decimal, NTSTATUS-like ones (0x80000000 and up) in hex with a name."""
+    return str(code) if code < 0x80000000 else status_name(code)
+
+
+def program_folders(loaded: LoadedScenario, drivers_dir: Path) -> list[Path]:
+    """Where a scenario's programs are looked for, in order: its ``programs`` folder (relative to the scenario file),
+    or else the drivers folder and a ``programs`` folder beside it."""
+    if loaded.scenario.programs is not None:
+        return [loaded.path.parent / loaded.scenario.programs]
+    return [drivers_dir, drivers_dir.parent / "programs"]
+
+
 class ScenarioRun:
     """The state of one scenario while it runs."""
 
-    def __init__(self, loaded: LoadedScenario, guest: Guest, timeline: Timeline) -> None:
+    def __init__(self, loaded: LoadedScenario, guest: Guest, timeline: Timeline, programs: dict[str, Path] | None = None) -> None:
         self.loaded = loaded
         self.scenario = loaded.scenario
         self.guest = guest
         self.timeline = timeline
+        self.programs = programs or {}  # run steps' program names -> files on this machine
         self.deadline = 0.0
         self.origin = 0.0
         self.previous: StepResult | None = None
@@ -176,7 +195,7 @@ class ScenarioRun:
     def remaining(self) -> float:
         return self.deadline - self.timeline.now()
 
-    def step_timeout(self, step: LoadStep | UnloadStep) -> float:
+    def step_timeout(self, step: LoadStep | UnloadStep | RunStep) -> float:
         limit = step.timeout if step.timeout is not None else self.scenario.step_timeout
         remaining = self.remaining()
         if remaining <= 0:
@@ -189,6 +208,8 @@ class ScenarioRun:
     def execute(self, step: Step, result: StepResult) -> str:
         if isinstance(step, LoadStep | UnloadStep):
             return self._control(step)
+        if isinstance(step, RunStep):
+            return self._run(step)
         if isinstance(step, ExpectStep | ExpectOrderStep):
             since = step.expect.since if isinstance(step, ExpectStep) else step.expect_order.since
             within = step.expect.within if isinstance(step, ExpectStep) else step.expect_order.within
@@ -228,6 +249,26 @@ class ScenarioRun:
         if outcome.status != step.expect_status:
             raise _StepFailed("failed", f"expected {status_name(step.expect_status)}, got {status_name(outcome.status)}")
         return status_name(outcome.status)
+
+    def _run(self, step: RunStep) -> str:
+        timeout = self.step_timeout(step)
+        started = self.timeline.now()
+        try:
+            result: ProgramResult = self.guest.run_program(self.programs[step.run], step.args, timeout)
+        except GuestHung as error:
+            raise _StepFailed("hung", str(error)) from None
+        self.check_alive()
+        context = nearby(self.timeline.lines(), started, self.timeline.now())
+        if result.timed_out:
+            message = f"{step.run} did not finish within {format_duration(timeout)}: it was ended, with every process it started"
+            raise _StepFailed("hung", message, context)
+        if result.exit_code is None:
+            raise _StepFailed("failed", f"{step.run} could not be started: {result.detail}", context)
+        if result.exit_code != step.expect_exit:
+            detail = f" ({result.detail})" if result.detail else ""
+            message = f"{step.run} exited with {exit_name(result.exit_code)}, expected {exit_name(step.expect_exit)}{detail}"
+            raise _StepFailed("failed", message, context)
+        return f"exited with {exit_name(result.exit_code)}"
 
     def _await(self, step: ExpectStep | ExpectNoStep | ExpectOrderStep, start: float, deadline: float) -> str:
         def check(now: float) -> Verdict:
@@ -269,6 +310,7 @@ class SetUp:
     images: dict[str, Path]
     guest: Guest | None
     symbol_dirs: tuple[Path, ...] = ()  # where else the drivers' symbol files are (X.debug, X.map)
+    programs: dict[str, Path] = field(default_factory=dict)  # run steps' programs, found on this machine
 
 
 def set_up(loaded: LoadedScenario, factory: GuestFactory, drivers_dir: Path, run_dir: Path, symbol_dirs: Sequence[Path] = ()) -> SetUp:
@@ -292,6 +334,20 @@ def set_up(loaded: LoadedScenario, factory: GuestFactory, drivers_dir: Path, run
     if missing:
         result.outcome = "error"
         result.message = f"driver image not found in {drivers_dir}: {', '.join(missing)}"
+        return done
+    folders = program_folders(loaded, drivers_dir)
+    lost: dict[str, list[int]] = {}
+    for index, step in enumerate(scenario.steps):
+        if isinstance(step, RunStep) and step.run not in done.programs:
+            found = next((folder / step.run for folder in folders if (folder / step.run).is_file()), None)
+            if found is None:
+                lost.setdefault(step.run, []).append(index + 1)
+            else:
+                done.programs[step.run] = found
+    if lost:
+        result.outcome = "error"
+        names = ", ".join(f"{name} (step {', '.join(str(number) for number in steps)})" for name, steps in lost.items())
+        result.message = f"program not found in {' or '.join(str(folder) for folder in folders)}: {names}"
         return done
     guest = factory(timeline, run_dir)
     result.guest = guest.name
@@ -345,7 +401,7 @@ def run_set_up(prepared: SetUp, progress: Callable[[str], None] | None = None) -
     if guest is None:
         return result
     run_dir = result.run_dir
-    run = ScenarioRun(prepared.loaded, guest, timeline)
+    run = ScenarioRun(prepared.loaded, guest, timeline, prepared.programs)
     interrupted = False
     try:
         with guest:

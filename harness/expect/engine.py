@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from harness.durations import format_duration
-from harness.kernel.events import LogLine
-from harness.scenario.model import Absence, Order, Presence
+from harness.kernel.events import LogLine, selects
+from harness.scenario.model import Absence, LinePattern, Order, Presence
 
 State = Literal["pass", "fail", "pending"]
 
@@ -35,9 +35,14 @@ def _window(lines: Sequence[LogLine], start: float) -> list[LogLine]:
     return [line for line in lines if line.t >= start]
 
 
+def matches(pattern: LinePattern, line: LogLine) -> bool:
+    """Whether ``line`` comes from the pattern's source (any, when it names none) and its text matches."""
+    return selects(pattern.source, line.source) and pattern.matches(line.text)
+
+
 def check_presence(spec: Presence, lines: Sequence[LogLine], start: float, now: float, deadline: float) -> Verdict:
     """``expect``: passes as soon as the count is within bounds; fails past ``max`` or at the deadline."""
-    seen = tuple(line for line in _window(lines, start) if spec.matches(line.text))
+    seen = tuple(line for line in _window(lines, start) if matches(spec, line))
     wanted = f"{spec.count.describe()} {_lines(spec.count.min)} with {spec.describe()} within {format_duration(spec.within)}"
     if spec.count.max is not None and len(seen) > spec.count.max:
         return Verdict("fail", f"expected {wanted}; saw {len(seen)}", seen)
@@ -50,7 +55,7 @@ def check_presence(spec: Presence, lines: Sequence[LogLine], start: float, now: 
 
 def check_absence(spec: Absence, lines: Sequence[LogLine], start: float, now: float, deadline: float) -> Verdict:
     """``expect_no``: fails at the first matching line; passes when the watched window has closed."""
-    seen = tuple(line for line in _window(lines, start) if spec.matches(line.text))
+    seen = tuple(line for line in _window(lines, start) if matches(spec, line))
     if seen:
         first = seen[0]
         return Verdict(
@@ -68,7 +73,7 @@ def check_order(spec: Order, lines: Sequence[LogLine], start: float, now: float,
     """``expect_order``: each pattern matched by a later line than the previous one."""
     found: list[LogLine] = []
     for line in _window(lines, start):
-        if len(found) < len(spec.lines) and spec.lines[len(found)].matches(line.text):
+        if len(found) < len(spec.lines) and matches(spec.lines[len(found)], line):
             found.append(line)
     if len(found) == len(spec.lines):
         return Verdict("pass", f"saw all {len(found)} lines in order", tuple(found))

@@ -1,4 +1,4 @@
-"""What every guest offers the runner: install, load and unload drivers, and a kernel log.
+"""What every guest offers the runner: install, load and unload drivers, run user-mode programs, and a kernel log.
 
 A guest is a context manager for one scenario: ``__enter__`` gives a fresh
 kernel (new Wine session, reverted VM snapshot), ``__exit__`` tears it down on
@@ -39,6 +39,20 @@ class ControlResult:
     status: int | None
     win32: int | None
     detail: str
+
+
+@dataclass(frozen=True)
+class ProgramResult:
+    """How a user-mode program run in the guest ended.
+
+    ``exit_code`` is its exit code (a DWORD) when it exited by itself; None when it was ended at its timeout
+    (``timed_out``, with every process it started) or could not be started (``detail`` says why). ``detail`` may also
+    carry what the guest said about the program (Wine's report of an unhandled exception).
+    """
+
+    exit_code: int | None
+    timed_out: bool = False
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -114,6 +128,19 @@ class Guest(ABC):
 
         Raises:
             GuestHung: no answer within ``timeout`` seconds.
+        """
+
+    @abstractmethod
+    def run_program(self, program: Path, args: Sequence[str], timeout: float) -> ProgramResult:
+        """Copy ``program`` (a file on this machine) into the guest and run it there with ``args``, for at most
+        ``timeout`` seconds; at the timeout it is ended with every process it started.
+
+        Each line it writes joins the timeline as a LogLine from ``program_source(program.name, "stdout")`` (or
+        ``"stderr"``), no later than this returns.
+
+        Raises:
+            GuestError: the guest could not run it (its session or transport broke).
+            GuestHung: the guest did not answer.
         """
 
     def module_name(self, driver: DriverInstall) -> str:

@@ -6,12 +6,47 @@ so the expectation engine can reason about order and time windows. Pure data.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from harness.kernel.stacks import StackReport as StackReport
 
 #: Where a line came from: the kernel debug log (DbgPrint), or another source (a serial console, a program's output).
 KERNEL = "kernel"
+#: A program's output streams: its lines come from ``program_source(name, stream)``.
+PROGRAM_STREAMS = ("stdout", "stderr")
+#: What an expectation's ``source`` may say besides a program's name (``NAME.exe``, ``NAME.exe:stdout``, ...).
+SOURCE_KEYWORDS = (KERNEL, "program", *PROGRAM_STREAMS, "serial")
+_SERIAL = re.compile(r"serial|com[0-9]+")
+
+
+def program_source(program: str, stream: str) -> str:
+    """The source of a line a program wrote: ``ioctl-client.exe:stdout``."""
+    return f"{program}:{stream}"
+
+
+def selects(selector: str | None, source: str) -> bool:
+    """Whether an expectation's ``source`` (None: any) takes a line from ``source``.
+
+    ``kernel``: the kernel debug log; ``program``: any program's stdout and stderr; ``stdout``/``stderr``: that stream
+    of any program; ``serial``: a serial console (``serial``, ``com2``); ``NAME.exe``: that program's lines (the name
+    without regard to case, as Windows file names); ``NAME.exe:stdout``/``NAME.exe:stderr``: one stream of it.
+    """
+    if selector is None:
+        return True
+    if selector == KERNEL:
+        return source == KERNEL
+    if selector == "serial":
+        return _SERIAL.fullmatch(source) is not None
+    program, _, stream = source.rpartition(":")
+    if not program or stream not in PROGRAM_STREAMS:
+        return False  # not a program's line
+    if selector == "program":
+        return True
+    if selector in PROGRAM_STREAMS:
+        return stream == selector
+    wanted, _, wanted_stream = selector.partition(":")
+    return program.lower() == wanted.lower() and wanted_stream in ("", stream)
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,22 @@
-"""A scenario's timeline as text: actions and kernel-log lines with their times."""
+"""A scenario's timeline as text: actions and log lines with their times (a line not from the kernel log with its source)."""
 
 from __future__ import annotations
 
-from harness.kernel.events import Action, DebugEvent, DriverStatus, Event, GuestCrash, GuestHang, LogLine, StackReport
+from harness.kernel.events import KERNEL, Action, DebugEvent, DriverStatus, Event, GuestCrash, GuestHang, LogLine, StackReport
 from harness.ntstatus import status_name
 from harness.runner import ScenarioResult
+
+
+def line_text(line: LogLine) -> str:
+    """A log line as the reports show it: a kernel-log line as it is, any other with its source first
+    (``[ioctl-client.exe:stdout] client: sent 5 bytes``, ``[com2] ...``)."""
+    return line.text if line.source == KERNEL else f"[{line.source}] {line.text}"
 
 
 def event_row(event: Event) -> tuple[float, str, str]:
     """(time, kind, text) of one event, as the reports show it."""
     if isinstance(event, LogLine):
-        return event.t, "log", event.text
+        return event.t, "log", line_text(event)
     if isinstance(event, DriverStatus):
         return event.t, "status", f"{event.action} {event.service} -> {status_name(event.status)}"
     if isinstance(event, GuestCrash):

@@ -6,7 +6,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import ScenarioError
-from harness.scenario.model import STEP_KINDS, LoadStep, Scenario, UnloadStep
+from harness.scenario.model import (
+    STEP_KINDS,
+    ExpectNoStep,
+    ExpectOrderStep,
+    ExpectStep,
+    LinePattern,
+    LoadStep,
+    RunStep,
+    Scenario,
+    UnloadStep,
+    source_program,
+)
 from harness.yamlfile import PathKey, format_field, parse_yaml, read_text, validate
 
 __all__ = ["LoadedScenario", "discover", "format_field", "load_scenario"]
@@ -50,6 +61,7 @@ def _check_references(path: Path, scenario: Scenario, lines: dict[PathKey, int])
             if name not in scenario.drivers:
                 where: PathKey = ("steps", index, key)
                 raise ScenarioError(path, lines.get(where), format_field(where), f"no driver named {name!r} in drivers (known: {known})")
+    _check_sources(path, scenario, lines)
     seen: dict[str, str] = {}
     for logical, spec in scenario.drivers.items():
         if spec.service.lower() in seen:
@@ -57,6 +69,29 @@ def _check_references(path: Path, scenario: Scenario, lines: dict[PathKey, int])
             message = f"service name {spec.service!r} is already used by driver {seen[spec.service.lower()]!r}"
             raise ScenarioError(path, lines.get(where), format_field(where), message)
         seen[spec.service.lower()] = logical
+
+
+def _patterns(step: object) -> list[tuple[PathKey, LinePattern]]:
+    """An expectation step's patterns, each with its key path inside the step."""
+    if isinstance(step, ExpectStep):
+        return [(("expect",), step.expect)]
+    if isinstance(step, ExpectNoStep):
+        return [(("expect_no",), step.expect_no)]
+    if isinstance(step, ExpectOrderStep):
+        return [(("expect_order", "lines", index), pattern) for index, pattern in enumerate(step.expect_order.lines)]
+    return []
+
+
+def _check_sources(path: Path, scenario: Scenario, lines: dict[PathKey, int]) -> None:
+    """An expectation's source that names a program must name one a run step runs (a typo would never match)."""
+    run = {step.run.lower(): step.run for step in scenario.steps if isinstance(step, RunStep)}
+    known = f"programs run: {', '.join(sorted(set(run.values())))}" if run else "the scenario has no run steps"
+    for index, step in enumerate(scenario.steps):
+        for inner, pattern in _patterns(step):
+            program = source_program(pattern.source) if pattern.source is not None else None
+            if program is not None and program.lower() not in run:
+                where: PathKey = ("steps", index, *inner, "source")
+                raise ScenarioError(path, lines.get(where), format_field(where), f"no run step runs {program!r} ({known})")
 
 
 def discover(paths: list[Path]) -> list[Path]:

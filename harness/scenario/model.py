@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from harness.durations import parse_duration
+from harness.kernel.events import PROGRAM_STREAMS, SOURCE_KEYWORDS
 from harness.ntstatus import parse_status
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -29,6 +30,12 @@ Status = Annotated[int, BeforeValidator(parse_status)]
 ServiceName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")]
 ParameterName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")]
 LogicalName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
+
+#: A program's file name: plain (no folders), ending in .exe.
+PROGRAM_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,59}\.[Ee][Xx][Ee]"
+#: The most characters a run step's arguments may have together: with quoting they fit every guest's command line
+#: (the VM guest's PowerShell script travels in one cmd.exe line of at most 8191 characters).
+MAX_ARGUMENT_CHARS = 700
 
 DEFAULT_WITHIN = 5.0
 DEFAULT_SCENARIO_TIMEOUT = 120.0
@@ -93,11 +100,38 @@ class Count(_Strict):
         return f"between {self.min} and {self.max}"
 
 
+def _program_name(value: Any) -> Any:
+    if isinstance(value, str) and not re.fullmatch(PROGRAM_NAME, value):
+        raise ValueError(f"expected a program's file name such as ioctl-client.exe (no folders, ending in .exe), got {value!r}")
+    if not isinstance(value, str):
+        raise ValueError(f"expected a program's file name such as ioctl-client.exe, got {value!r}")
+    return value
+
+
+ProgramName = Annotated[str, BeforeValidator(_program_name)]
+SOURCE_HELP = ", ".join(SOURCE_KEYWORDS) + " or a program's file name (NAME.exe, NAME.exe:stdout, NAME.exe:stderr)"
+
+
+def source_program(source: str) -> str | None:
+    """The program an expectation's ``source`` names (None for a keyword such as ``kernel``)."""
+    return None if source in SOURCE_KEYWORDS else source.partition(":")[0]
+
+
 class LinePattern(_Strict):
-    """A kernel-log line: ``line`` is the literal whole line, ``match`` a regular expression."""
+    """A log line: ``line`` is the literal whole line, ``match`` a regular expression; ``source`` (see
+    ``harness.kernel.events.selects``) restricts it to lines from there (None: from anywhere)."""
 
     line: str | None = None
     match: str | None = None
+    source: str | None = None
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str | None) -> str | None:
+        streams = "|".join(PROGRAM_STREAMS)
+        if value is None or value in SOURCE_KEYWORDS or re.fullmatch(f"{PROGRAM_NAME}(?::(?:{streams}))?", value):
+            return value
+        raise ValueError(f"expected {SOURCE_HELP}, got {value!r}")
 
     @field_validator("match")
     @classmethod
@@ -122,7 +156,8 @@ class LinePattern(_Strict):
         return re.search(self.match, text) is not None
 
     def describe(self) -> str:
-        return f"line {self.line!r}" if self.line is not None else f"match /{self.match}/"
+        what = f"line {self.line!r}" if self.line is not None else f"match /{self.match}/"
+        return what if self.source is None else f"{what} from {self.source}"
 
 
 Since = Literal["previous", "start"]
@@ -179,7 +214,56 @@ class WaitStep(_Strict):
     wait: Duration
 
 
-STEP_KINDS = ("load", "unload", "expect", "expect_no", "expect_order", "wait")
+def _argument(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected text or a whole number, got {value!r}")
+    if re.search(r"[\x00-\x1f\x7f]", value):
+        raise ValueError("an argument may not contain a control character (TAB, newline, ...)")
+    return value
+
+
+def _exit_code(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool) and -0x80000000 <= value < 0:
+        return value & 0xFFFFFFFF  # the same 32 bits, as a signed exit code would print them
+    try:
+        return parse_status(value)
+    except ValueError:
+        raise ValueError(
+            f"expected an exit code: a number from 0 to 4294967295 (or -2147483648 to -1), a value such as 0xC0000005 "
+            f"or an NTSTATUS name such as STATUS_ACCESS_VIOLATION, got {value!r}"
+        ) from None
+
+
+Argument = Annotated[str, BeforeValidator(_argument)]
+ExitCode = Annotated[int, BeforeValidator(_exit_code)]
+
+
+class RunStep(_Strict):
+    """``run``: a user-mode program in the guest, with ``args``; passes when it exits with ``expect_exit``."""
+
+    run: ProgramName
+    args: tuple[Argument, ...] = ()
+    expect_exit: ExitCode = 0
+    timeout: Duration | None = None
+
+    @field_validator("args", mode="before")
+    @classmethod
+    def _a_list(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            raise ValueError("expected a list of arguments, such as [hello, 42]")
+        return value
+
+    @field_validator("args")
+    @classmethod
+    def _short_enough(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if sum(len(argument) for argument in value) > MAX_ARGUMENT_CHARS:
+            raise ValueError(f"the arguments may have at most {MAX_ARGUMENT_CHARS} characters together")
+        return value
+
+
+STEP_KINDS = ("load", "unload", "run", "expect", "expect_no", "expect_order", "wait")
 
 
 def step_kind(value: Any) -> str | None:
@@ -196,6 +280,7 @@ def step_kind(value: Any) -> str | None:
 Step = Annotated[
     Annotated[LoadStep, Tag("load")]
     | Annotated[UnloadStep, Tag("unload")]
+    | Annotated[RunStep, Tag("run")]
     | Annotated[ExpectStep, Tag("expect")]
     | Annotated[ExpectNoStep, Tag("expect_no")]
     | Annotated[ExpectOrderStep, Tag("expect_order")]
@@ -231,6 +316,16 @@ class Scenario(_Strict):
     #: Driver Verifier for the scenario's drivers (VM guest only): "standard" or {flags: 0x...}.
     verifier: Literal["standard"] | VerifierFlags | None = None
     drivers: dict[LogicalName, DriverSpec] = Field(min_length=1)
+    #: Where run steps' programs are: a folder, relative to the scenario file (None: the drivers folder, then a
+    #: ``programs`` folder beside it).
+    programs: str | None = None
     timeout: Duration = DEFAULT_SCENARIO_TIMEOUT
     step_timeout: Duration = DEFAULT_STEP_TIMEOUT
     steps: list[Step] = Field(min_length=1)
+
+    @field_validator("programs")
+    @classmethod
+    def _folder(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("expected a folder (relative to the scenario file) with the run steps' programs")
+        return value

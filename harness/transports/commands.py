@@ -17,8 +17,10 @@ data (an upload) goes through stdin in chunks sized from the envelope limit.
 from __future__ import annotations
 
 import base64
+import binascii
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 _PLAIN = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -267,3 +269,128 @@ def sc_error(output: str, exit_code: int) -> int | None:
     if match:
         return int(match.group(1))
     return exit_code or None
+
+
+# -- user-mode programs ----------------------------------------------------------------------------
+
+#: CreateProcess's longest command line: 32767 characters, the terminating NUL included.
+CREATE_PROCESS_MAX_CHARS = 32767
+_NEEDS_QUOTES = re.compile(r'[ \t\n\v"]')
+
+
+def _quote_argument(argument: str) -> str:
+    if argument and not _NEEDS_QUOTES.search(argument):
+        return argument  # backslashes are literal unless a double quote follows
+    quoted, backslashes = '"', 0
+    for char in argument:
+        if char == "\\":
+            backslashes += 1
+            continue
+        # Backslashes before a double quote are doubled and the quote escaped; before anything else they are literal.
+        quoted += "\\" * (backslashes * 2 + 1) + '"' if char == '"' else "\\" * backslashes + char
+        backslashes = 0
+    return quoted + "\\" * (backslashes * 2) + '"'  # doubled before the closing quote
+
+
+def windows_arguments(arguments: Sequence[str]) -> str:
+    """The arguments part of a Windows command line (what ``ProcessStartInfo.Arguments`` takes).
+
+    Each argument comes back as itself from ``CommandLineToArgvW`` and the Microsoft C runtime's parser (Microsoft
+    Learn, "Parsing C++ command-line arguments"): one with no white space or double quote is written as it is (its
+    backslashes are literal there); any other is put in double quotes, a double quote inside escaped with a
+    backslash, and backslashes doubled where a double quote follows them. ``""`` inside a quoted block, where the
+    two parsers differ, is never written.
+
+    Raises:
+        ValueError: an argument contains NUL (it cannot be passed in a command line).
+    """
+    for argument in arguments:
+        if "\x00" in argument:
+            raise ValueError("an argument cannot contain NUL")
+    return " ".join(_quote_argument(argument) for argument in arguments)
+
+
+def windows_command_line(argv: Sequence[str]) -> str:
+    """The command line that gives a Windows program ``argv``: ``argv[0]`` (its path) always in double quotes, which
+    the parsers take up to the next quote with no escapes, then ``windows_arguments(argv[1:])``.
+
+    Raises:
+        ValueError: ``argv[0]`` contains a double quote (no path does), or an argument contains NUL.
+        CommandLineTooLong: longer than CreateProcess accepts (32767 characters with its NUL).
+    """
+    program, *arguments = argv
+    if '"' in program:
+        raise ValueError(f"a program path cannot contain a double quote: {program!r}")
+    line = f'"{program}"' + (" " + windows_arguments(arguments) if arguments else "")
+    if len(line.encode("utf-16-le")) // 2 >= CREATE_PROCESS_MAX_CHARS:
+        raise CommandLineTooLong(
+            f"a command line of {len(line)} characters: "
+            f"CreateProcess accepts at most {CREATE_PROCESS_MAX_CHARS}, its terminating NUL included"
+        )
+    return line
+
+
+def run_script(path: str, arguments: Sequence[str], timeout_s: float) -> str:
+    """Runs the program at ``path`` with ``arguments`` in its folder, stdin closed, for at most ``timeout_s`` seconds,
+    and prints one line: ``kcb-run STATE CODE STDOUT STDERR`` (``parse_run_output``).
+
+    ``ProcessStartInfo.Arguments`` gets ``windows_arguments`` as one literal: Windows PowerShell 5.1 (``& prog @args``)
+    drops empty arguments and does not escape embedded double quotes (PowerShell/PowerShell#1995). Output is read to
+    its end as text and returned as base64 of UTF-8, so no code page or line ending is lost on the way. At the
+    timeout the process and every process it started are ended (``taskkill /T /F``).
+
+    Raises:
+        ValueError: an argument contains NUL.
+    """
+    utf8_b64 = "[Convert]::ToBase64String([Text.Encoding]::UTF8.GetBytes({}))"
+    return "\n".join(
+        [
+            f"$i = New-Object Diagnostics.ProcessStartInfo {ps_literal(path)}, {ps_literal(windows_arguments(arguments))}",
+            "$i.WorkingDirectory = Split-Path -Parent $i.FileName",
+            "$i.UseShellExecute = $false; $i.CreateNoWindow = $true",
+            "$i.RedirectStandardInput = $true; $i.RedirectStandardOutput = $true; $i.RedirectStandardError = $true",
+            "try { $p = [Diagnostics.Process]::Start($i) } catch {",
+            "  $e = $_.Exception; if ($e.InnerException) { $e = $e.InnerException }",
+            f"  'kcb-run error {{0}} {{1}}' -f $e.NativeErrorCode, {utf8_b64.format('$e.Message')}; exit 0",
+            "}",
+            "$p.StandardInput.Close(); $o = $p.StandardOutput.ReadToEndAsync(); $r = $p.StandardError.ReadToEndAsync()",
+            "$s = 'exit'",
+            f"if (-not $p.WaitForExit({int(timeout_s * 1000)})) "
+            "{ $s = 'timeout'; & taskkill.exe /PID $p.Id /T /F 2>&1 | Out-Null; [void]$p.WaitForExit(10000) }",
+            "[void][Threading.Tasks.Task]::WaitAll(@($o, $r), 10000)",
+            f"function b($t) {{ if ($t.IsCompleted) {{ {utf8_b64.format('$t.Result')} }} }}",
+            "'kcb-run {0} {1} {2} {3}' -f $s, [BitConverter]::ToUInt32([BitConverter]::GetBytes($p.ExitCode), 0), (b $o), (b $r)",
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What ``run_script`` printed: ``state`` exit (``code`` is the exit code), timeout (ended; no code) or error
+    (not started; ``code`` is the Win32 error, ``stderr`` its message), and the program's output lines."""
+
+    state: str
+    code: int | None
+    stdout: list[str]
+    stderr: list[str]
+
+
+def _text_lines(encoded: str) -> list[str]:
+    return base64.b64decode(encoded, validate=True).decode("utf-8", "replace").splitlines()
+
+
+def parse_run_output(output: str) -> RunReport | None:
+    """The report line of ``run_script`` in a command's stdout (None when there is none, or it is malformed)."""
+    for line in reversed(output.splitlines()):
+        parts = line.rstrip("\r").split(" ")
+        fields = 4 if parts[1:2] == ["error"] else 5
+        if len(parts) != fields or parts[0] != "kcb-run" or parts[1] not in ("exit", "timeout", "error") or not parts[2].isdigit():
+            continue
+        try:
+            texts = [_text_lines(part) for part in parts[3:]]
+        except (binascii.Error, ValueError):
+            return None
+        if parts[1] == "error":
+            return RunReport("error", int(parts[2]), [], texts[0])  # the message, as the program's stderr would be
+        return RunReport(parts[1], int(parts[2]) if parts[1] == "exit" else None, texts[0], texts[1])
+    return None

@@ -7,7 +7,10 @@ import re
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from harness.scenario.model import MAX_ARGUMENT_CHARS
 from harness.transports.commands import (
     CMD_MAX_CHARS,
     COMMAND_LINE_BUDGET,
@@ -15,15 +18,18 @@ from harness.transports.commands import (
     MINIDUMP_DIR,
     SC_STATE_LINE,
     CommandLineTooLong,
+    RunReport,
     check_command_line,
     create_service,
     file_hash,
     list_files,
+    parse_run_output,
     plain_name,
     posix_quote,
     powershell,
     ps_literal,
     read_chunk,
+    run_script,
     sc_error,
     sc_script,
     sc_state,
@@ -33,6 +39,7 @@ from harness.transports.commands import (
     stop_driver,
     upload_script,
     verifier_script,
+    windows_command_line,
 )
 
 
@@ -266,6 +273,7 @@ REALISTIC: list[tuple[str, Callable[[], str]]] = [
     ("read_chunk", lambda: read_chunk("C:\\Windows\\Minidump\\112426-1.dmp", 1 << 30, 48 * 1024)),
     ("list_files", lambda: list_files(MINIDUMP_DIR, "*.dmp")),
     ("upload_script", lambda: upload_script("C:\\kcb\\sysRecv1.sys")),
+    ("run_script", lambda: run_script("C:\\kcb\\ioctl-client.exe", ["hello", "42"], 30)),
 ]
 WORST: list[tuple[str, Callable[[], str]]] = [
     ("create_service", lambda: create_service(SERVICE, QUOTED_DIR + "\\" + SERVICE + ".sys")),
@@ -280,6 +288,11 @@ WORST: list[tuple[str, Callable[[], str]]] = [
     ("read_chunk", lambda: read_chunk(QUOTED_DIR + LONG_DIR, 2**63 - 1, 2**31 - 1)),
     ("list_files", lambda: list_files(QUOTED_DIR + LONG_DIR, "*'*.dmp")),
     ("upload_script", lambda: upload_script(QUOTED_DIR + LONG_DIR)),
+    # The longest arguments a scenario may give, made of what quoting doubles, in a long guest folder.
+    ("run_script-quotes", lambda: run_script(LONG_DIR + "\\" + "p" * 60 + ".exe", ['"' * MAX_ARGUMENT_CHARS], 10**6)),
+    ("run_script-apostrophes", lambda: run_script(LONG_DIR + "\\" + "p" * 60 + ".exe", ["'" * MAX_ARGUMENT_CHARS], 10**6)),
+    ("run_script-backslashes", lambda: run_script(LONG_DIR + "\\" + "p" * 60 + ".exe", ['\\"' * (MAX_ARGUMENT_CHARS // 2)], 10**6)),
+    ("run_script-astral", lambda: run_script(LONG_DIR + "\\" + "p" * 60 + ".exe", ["\U0001f600 " * (MAX_ARGUMENT_CHARS // 2)], 10**6)),
 ]
 
 
@@ -357,3 +370,155 @@ def test_upload_script_exact() -> None:
         "  [BitConverter]::ToString($sha.Hash).Replace('-', '').ToLowerInvariant()\n"
         "}"
     )
+
+
+# -- user-mode programs: the Windows command line and the VM's run script ----------------------------------------------
+
+
+def parse_windows_command_line(line: str) -> list[str]:
+    """A reference parser written from Microsoft's "Parsing C++ command-line arguments"
+    (https://learn.microsoft.com/cpp/cpp/main-function-command-line-args#parsing-c-command-line-arguments), rule by rule,
+    to check the builder against: it is not the harness's code."""
+    args: list[str] = []
+    index = 0
+    # argv[0]: up to the next double quote when it starts with one (no escapes), else up to white space.
+    if line.startswith('"'):
+        end = line.index('"', 1)
+        args.append(line[1:end])
+        index = end + 1
+    else:
+        while index < len(line) and line[index] not in " \t":
+            index += 1
+        args.append(line[:index])
+    while True:
+        while index < len(line) and line[index] in " \t":  # arguments are delimited by white space
+            index += 1
+        if index >= len(line):
+            return args
+        current, quoted = "", False
+        while index < len(line) and (quoted or line[index] not in " \t"):
+            if line[index] == "\\":
+                count = 0
+                while index < len(line) and line[index] == "\\":
+                    count += 1
+                    index += 1
+                if index < len(line) and line[index] == '"':
+                    current += "\\" * (count // 2)  # one backslash for every pair
+                    if count % 2:  # an odd number: the quote is a literal
+                        current += '"'
+                        index += 1
+                else:  # backslashes not before a quote are literal
+                    current += "\\" * count
+            elif line[index] == '"':
+                if quoted and line[index + 1 : index + 2] == '"':  # in a quoted block, "" is an escaped quote
+                    current += '"'
+                    index += 2
+                else:
+                    quoted = not quoted
+                    index += 1
+            else:
+                current += line[index]
+                index += 1
+        args.append(current)
+
+
+PROGRAM = "C:\\kcb\\programs\\ioctl-client.exe"
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["hello", "42"], '"C:\\kcb\\programs\\ioctl-client.exe" hello 42'),
+        ([""], '"C:\\kcb\\programs\\ioctl-client.exe" ""'),
+        (["a b"], '"C:\\kcb\\programs\\ioctl-client.exe" "a b"'),
+        (["tab\there"], '"C:\\kcb\\programs\\ioctl-client.exe" "tab\there"'),
+        (['x"y'], '"C:\\kcb\\programs\\ioctl-client.exe" "x\\"y"'),
+        (["c:\\dir\\"], '"C:\\kcb\\programs\\ioctl-client.exe" c:\\dir\\'),
+        (["c:\\my dir\\"], '"C:\\kcb\\programs\\ioctl-client.exe" "c:\\my dir\\\\"'),
+        (['a\\"b'], '"C:\\kcb\\programs\\ioctl-client.exe" "a\\\\\\"b"'),
+        (["\\\\server\\share"], '"C:\\kcb\\programs\\ioctl-client.exe" \\\\server\\share'),
+        (["%PATH%", "^&|<>", "$(x)", "'"], '"C:\\kcb\\programs\\ioctl-client.exe" %PATH% ^&|<> $(x) \''),
+    ],
+)
+def test_windows_command_line_exact(args: list[str], line: str) -> None:
+    assert windows_command_line([PROGRAM, *args]) == line
+    assert parse_windows_command_line(line) == [PROGRAM, *args]
+
+
+def test_the_reference_parser_agrees_with_microsofts_examples() -> None:
+    # The table in "Parsing C++ command-line arguments" (argv[1..3] for each input).
+    examples = [
+        ('"a b c" d e', ["a b c", "d", "e"]),
+        ('"ab\\"c" "\\\\" d', ['ab"c', "\\", "d"]),
+        ('a\\\\\\b d"e f"g h', ["a\\\\\\b", "de fg", "h"]),
+        ('a\\\\\\"b c d', ['a\\"b', "c", "d"]),
+        ('a\\\\\\\\"b c" d e', ["a\\\\b c", "d", "e"]),
+        ('a"b"" c d', ['ab" c d']),
+    ]
+    for line, expected in examples:
+        assert parse_windows_command_line("prog " + line)[1:] == expected
+
+
+@settings(max_examples=500, deadline=None)
+@given(args=st.lists(st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00")), max_size=6))
+def test_windows_command_line_round_trips_through_the_documented_rules(args: list[str]) -> None:
+    assert parse_windows_command_line(windows_command_line([PROGRAM, *args])) == [PROGRAM, *args]
+
+
+def test_windows_command_line_refuses_what_cannot_be_passed() -> None:
+    with pytest.raises(ValueError, match="double quote"):
+        windows_command_line(['C:\\a"b.exe'])
+    with pytest.raises(ValueError, match="NUL"):
+        windows_command_line([PROGRAM, "a\x00b"])
+    with pytest.raises(CommandLineTooLong, match="32767"):
+        windows_command_line([PROGRAM, "x" * 32767])
+
+
+def test_run_script_exact() -> None:
+    assert run_script("C:\\kcb\\ioctl-client.exe", ["hello", "a b", "it's"], 10.5) == (
+        "$i = New-Object Diagnostics.ProcessStartInfo 'C:\\kcb\\ioctl-client.exe', 'hello \"a b\" it''s'\n"
+        "$i.WorkingDirectory = Split-Path -Parent $i.FileName\n"
+        "$i.UseShellExecute = $false; $i.CreateNoWindow = $true\n"
+        "$i.RedirectStandardInput = $true; $i.RedirectStandardOutput = $true; $i.RedirectStandardError = $true\n"
+        "try { $p = [Diagnostics.Process]::Start($i) } catch {\n"
+        "  $e = $_.Exception; if ($e.InnerException) { $e = $e.InnerException }\n"
+        "  'kcb-run error {0} {1}' -f $e.NativeErrorCode, [Convert]::ToBase64String([Text.Encoding]::UTF8.GetBytes($e.Message)); exit 0\n"
+        "}\n"
+        "$p.StandardInput.Close(); $o = $p.StandardOutput.ReadToEndAsync(); $r = $p.StandardError.ReadToEndAsync()\n"
+        "$s = 'exit'\n"
+        "if (-not $p.WaitForExit(10500)) { $s = 'timeout'; & taskkill.exe /PID $p.Id /T /F 2>&1 | Out-Null; [void]$p.WaitForExit(10000) }\n"
+        "[void][Threading.Tasks.Task]::WaitAll(@($o, $r), 10000)\n"
+        "function b($t) { if ($t.IsCompleted) { [Convert]::ToBase64String([Text.Encoding]::UTF8.GetBytes($t.Result)) } }\n"
+        "'kcb-run {0} {1} {2} {3}' -f $s, [BitConverter]::ToUInt32([BitConverter]::GetBytes($p.ExitCode), 0), (b $o), (b $r)"
+    )
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+@pytest.mark.parametrize(
+    ("output", "report"),
+    [
+        (
+            "kcb-run exit 3 " + b64("client: sent 5 bytes\r\nclient: reply\r\n") + " \r\n",
+            RunReport("exit", 3, ["client: sent 5 bytes", "client: reply"], []),
+        ),
+        (f"noise\r\nkcb-run exit 3221225477  {b64('boom')}\r\n", RunReport("exit", 0xC0000005, [], ["boom"])),
+        (f"kcb-run timeout 1 {b64('hanging')} \r\n", RunReport("timeout", None, ["hanging"], [])),
+        (
+            f"kcb-run error 2 {b64('The system cannot find the file specified')}\r\n",
+            RunReport("error", 2, [], ["The system cannot find the file specified"]),
+        ),
+        ("kcb-run exit 0  \n", RunReport("exit", 0, [], [])),
+    ],
+)
+def test_parse_run_output(output: str, report: RunReport) -> None:
+    assert parse_run_output(output) == report
+
+
+@pytest.mark.parametrize(
+    "output", ["", "kcb-run exit x  ", "kcb-run exit 1 !!! ", "kcb-run sleeping 1  ", "The command line is too long.\r\n"]
+)
+def test_parse_run_output_refuses_anything_else(output: str) -> None:
+    assert parse_run_output(output) is None

@@ -85,3 +85,16 @@ def test_crashes_show_where_and_group_by_signature(tmp_path: Path) -> None:
     assert "Crashes and hangs by signature" in page
     assert f'<td class="signature">{signature}</td><td>2</td><td><a href="#03-crash">03-crash</a>, <a href="#04-twin">04-twin</a>' in page
     assert 'title="/src/receiver.c:91">receiver.c:91</td>' in page and "unloaded at step 4" in page and "a &lt;note&gt;" in page
+
+
+def test_a_line_not_from_the_kernel_log_shows_its_source() -> None:
+    from harness.kernel.events import LogLine
+    from harness.reports.timeline import event_row
+
+    assert event_row(LogLine(1.0, "kcbioctl: open")) == (1.0, "log", "kcbioctl: open")
+    assert event_row(LogLine(1.5, "client: sent 5 bytes", "ioctl-client.exe:stdout")) == (
+        1.5,
+        "log",
+        "[ioctl-client.exe:stdout] client: sent 5 bytes",
+    )
+    assert event_row(LogLine(2.0, "login:", "com2")) == (2.0, "log", "[com2] login:")

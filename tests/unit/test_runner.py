@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from harness.errors import GuestError, GuestHung
-from harness.guests.base import ControlResult, CrashEvidence, DriverInstall, Guest
-from harness.kernel.events import DriverStatus, GuestCrash, LogLine
+from harness.guests.base import ControlResult, CrashEvidence, DriverInstall, Guest, ProgramResult
+from harness.kernel.events import Action, DriverStatus, GuestCrash, LogLine, program_source
 from harness.kernel.stacks import ModuleRange, StackFrame, StackReport, ThreadStack
 from harness.runner import ScenarioResult, run_scenario
 from harness.scenario.loader import load_scenario
@@ -29,6 +29,8 @@ class ScriptedGuest(Guest):
         self.collected: list[Path] = []
         self.stacks_asked: list[bool] = []  # each time: was the guest still up?
         self.hang_report: StackReport | None = None
+        self.programs: list[tuple[Path, tuple[str, ...], float]] = []
+        self.program_result: ProgramResult | Exception = ProgramResult(exit_code=0)
 
     def collect_crash_evidence(self, dest: Path) -> CrashEvidence:
         assert not self.stopped, "evidence is collected while the guest is still up"
@@ -54,6 +56,13 @@ class ScriptedGuest(Guest):
 
     def unload(self, service: str, timeout: float) -> ControlResult:
         return self.script(self, "unload", service)
+
+    def run_program(self, program: Path, args: Sequence[str], timeout: float) -> ProgramResult:
+        self.programs.append((program, tuple(args), timeout))
+        self.timeline.append(LogLine(self.timeline.now(), f"client: sent {' '.join(args)}", program_source(program.name, "stdout")))
+        if isinstance(self.program_result, Exception):
+            raise self.program_result
+        return self.program_result
 
     def log(self, *texts: str) -> None:
         for text in texts:
@@ -281,3 +290,122 @@ def test_an_image_the_guest_refuses_ends_the_scenario_before_the_guest_starts(tm
 
 def test_every_guest_runs_every_image_unless_it_says_otherwise(tmp_path: Path) -> None:
     assert ScriptedGuest(Timeline(), tmp_path, succeed).check_images([tmp_path / "any.sys"]) == []
+
+
+# -- run: steps ------------------------------------------------------------------------------------------------------
+
+RUN_SCENARIO = """\
+name: a program talks to the driver
+drivers:
+  sender: {image: sender.sys, service: sysTest}
+timeout: 5s
+steps:
+  - load: sender
+  - run: client.exe
+    args: [hello, 42]
+    timeout: 2s
+  - expect_order:
+      lines:
+        - {line: "[sysTest] send.", source: kernel}
+        - {line: "client: sent hello 42", source: client.exe}
+      since: start
+  - expect: {line: "client: sent hello 42", source: kernel, count: 0}
+"""
+
+
+EXITED = ProgramResult(exit_code=0)
+
+
+def run_program_scenario(
+    tmp_path: Path, result: ProgramResult | Exception = EXITED, text: str = RUN_SCENARIO, where: str = "drivers"
+) -> tuple[ScenarioResult, list[ScriptedGuest]]:
+    folder = tmp_path / where
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "client.exe").write_bytes(b"MZ")
+
+    class Guest(ScriptedGuest):
+        def __init__(self, timeline: Timeline, run_dir: Path, script: Script) -> None:
+            super().__init__(timeline, run_dir, script)
+            self.program_result = result
+
+    return run(tmp_path, succeed, text, guest_class=Guest)
+
+
+def test_a_run_step_passes_and_its_lines_count_for_expectations_by_source(tmp_path: Path) -> None:
+    result, guests = run_program_scenario(tmp_path)
+    assert result.outcome == "passed", result.message
+    assert guests[0].programs == [(tmp_path / "drivers" / "client.exe", ("hello", "42"), 2.0)]
+    step = result.steps[1]
+    assert (step.kind, step.description, step.message) == ("run", "run client.exe hello 42", "exited with 0")
+    action = next(event for event in result.events if isinstance(event, Action) and event.kind == "run")
+    assert action.ok and action.target == "run client.exe hello 42"
+
+
+def test_the_run_step_timeout_defaults_to_the_step_timeout(tmp_path: Path) -> None:
+    _, guests = run_program_scenario(tmp_path, text=RUN_SCENARIO.replace("    timeout: 2s\n", ""))
+    assert 4.0 < guests[0].programs[0][2] < 5.0  # the step timeout (30s), capped by what is left of the scenario's 5s
+    _, guests = run_program_scenario(
+        tmp_path, text=RUN_SCENARIO.replace("    timeout: 2s\n", "").replace("timeout: 5s", "timeout: 60s\nstep_timeout: 7s")
+    )
+    assert guests[0].programs[0][2] == 7.0
+
+
+def test_a_wrong_exit_code_fails_the_step_with_both_codes(tmp_path: Path) -> None:
+    result, _ = run_program_scenario(tmp_path, ProgramResult(exit_code=0xC0000005, detail="wine: Unhandled page fault"))
+    assert result.outcome == "failed"
+    assert result.message == (
+        "step 2 (line 7) run client.exe hello 42: client.exe exited with STATUS_ACCESS_VIOLATION (0xC0000005), expected 0 "
+        "(wine: Unhandled page fault)"
+    )
+    assert [line.text for line in result.context] == ["client: sent hello 42"]
+
+
+def test_the_expected_exit_code_passes(tmp_path: Path) -> None:
+    text = RUN_SCENARIO.replace("    timeout: 2s\n", "    timeout: 2s\n    expect_exit: 3\n")
+    result, _ = run_program_scenario(tmp_path, ProgramResult(exit_code=3), text)
+    assert result.outcome == "passed", result.message
+    assert result.steps[1].description == "run client.exe hello 42 (expect exit 3)"
+
+
+def test_a_program_that_does_not_finish_is_hung(tmp_path: Path) -> None:
+    result, guests = run_program_scenario(tmp_path, ProgramResult(exit_code=None, timed_out=True))
+    assert result.outcome == "hung"
+    assert "client.exe did not finish within 2s: it was ended, with every process it started" in result.message
+    assert [step.state for step in result.steps] == ["passed", "hung", "skipped", "skipped"]
+    assert guests[0].stopped
+
+
+def test_a_program_that_cannot_start_fails(tmp_path: Path) -> None:
+    result, _ = run_program_scenario(tmp_path, ProgramResult(exit_code=None, detail="CreateProcess failed (Win32 error 193)"))
+    assert result.outcome == "failed" and "client.exe could not be started: CreateProcess failed (Win32 error 193)" in result.message
+
+
+def test_a_guest_that_stops_answering_during_a_run_is_hung(tmp_path: Path) -> None:
+    result, _ = run_program_scenario(tmp_path, GuestHung("the VM did not answer"))
+    assert result.outcome == "hung" and "the VM did not answer" in result.message
+
+
+def test_a_missing_program_is_an_error_before_any_guest_starts(tmp_path: Path) -> None:
+    text = RUN_SCENARIO.replace("run: client.exe", "run: ghost.exe").replace("source: client.exe", "source: ghost.exe")
+    result, guests = run_program_scenario(tmp_path, text=text)
+    assert result.outcome == "error" and guests == []
+    drivers = tmp_path / "drivers"
+    assert result.message == f"program not found in {drivers} or {tmp_path / 'programs'}: ghost.exe (step 2)"
+
+
+def test_programs_are_found_in_a_programs_folder_beside_the_drivers(tmp_path: Path) -> None:
+    result, guests = run_program_scenario(tmp_path, where="programs")
+    assert result.outcome == "passed", result.message
+    assert guests[0].programs[0][0] == tmp_path / "programs" / "client.exe"
+
+
+def test_the_scenarios_programs_folder_is_relative_to_the_scenario_file(tmp_path: Path) -> None:
+    text = RUN_SCENARIO.replace("timeout: 5s", "timeout: 5s\nprograms: tools/bin")
+    result, guests = run_program_scenario(tmp_path, text=text, where="tools/bin")
+    assert result.outcome == "passed", result.message
+    assert guests[0].programs[0][0] == tmp_path / "tools" / "bin" / "client.exe"
+    (tmp_path / "tools" / "bin" / "client.exe").unlink()
+    (tmp_path / "drivers" / "client.exe").parent.mkdir(exist_ok=True)
+    (tmp_path / "drivers" / "client.exe").write_bytes(b"MZ")
+    result, _ = run_program_scenario(tmp_path, text=text, where="elsewhere")
+    assert result.outcome == "error" and f"program not found in {tmp_path / 'tools' / 'bin'}: client.exe" in result.message

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from harness.errors import ScenarioError
 from harness.scenario.loader import discover, format_field, load_scenario
-from harness.scenario.model import Count, ExpectNoStep, ExpectStep, LoadStep, WaitStep
+from harness.scenario.model import MAX_ARGUMENT_CHARS, Count, ExpectNoStep, ExpectOrderStep, ExpectStep, LoadStep, RunStep, WaitStep
 
 GOOD = """\
 name: a receiver loaded before the sender fails
@@ -176,3 +176,130 @@ def test_mutated_files_load_or_are_scenario_errors(tmp_path: Path, position: int
         load_scenario(path)
     except ScenarioError as error:
         assert str(error).startswith(str(path))
+
+
+# -- run: steps and the source of expectations ----------------------------------------------------------------------
+
+RUN = """\
+name: a program talks to the driver
+drivers:
+  ioctl: {image: kcbioctl.sys, service: kcbIoctl}
+steps:
+  - load: ioctl
+  - run: ioctl-client.exe
+    args: ["hello", 42, "a b", 'x"y']
+    expect_exit: 3
+    timeout: 10s
+  - expect_order:
+      lines:
+        - {match: 'kcbioctl: got IOCTL .* "hello"', source: kernel}
+        - {line: "client: sent 5 bytes", source: ioctl-client.exe}
+  - expect: {line: "client: sent 5 bytes", source: program}
+  - expect_no: {match: "error", source: ioctl-client.exe:stderr}
+  - run: ioctl-client.exe
+"""
+
+
+def test_a_run_step_loads_with_its_arguments_exit_code_and_timeout(tmp_path: Path) -> None:
+    loaded = load_scenario(write(tmp_path, RUN))
+    run = loaded.scenario.steps[1]
+    assert isinstance(run, RunStep)
+    assert run.run == "ioctl-client.exe" and run.args == ("hello", "42", "a b", 'x"y')
+    assert run.expect_exit == 3 and run.timeout == 10.0
+    default = loaded.scenario.steps[5]
+    assert isinstance(default, RunStep) and (default.args, default.expect_exit, default.timeout) == ((), 0, None)
+    assert loaded.step_lines == (5, 6, 10, 14, 15, 16)
+    assert loaded.scenario.programs is None
+
+
+def test_expectations_keep_their_source(tmp_path: Path) -> None:
+    steps = load_scenario(write(tmp_path, RUN)).scenario.steps
+    order, presence, absence = steps[2], steps[3], steps[4]
+    assert isinstance(order, ExpectOrderStep) and [p.source for p in order.expect_order.lines] == ["kernel", "ioctl-client.exe"]
+    assert isinstance(presence, ExpectStep) and presence.expect.source == "program"
+    assert isinstance(absence, ExpectNoStep) and absence.expect_no.source == "ioctl-client.exe:stderr"
+    assert presence.expect.describe() == "line 'client: sent 5 bytes' from program"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("0", 0),
+        ("255", 255),
+        ("0xC0000005", 0xC0000005),
+        ("STATUS_ACCESS_VIOLATION", 0xC0000005),
+        ("-1", 0xFFFFFFFF),
+        ("4294967295", 0xFFFFFFFF),
+    ],
+)
+def test_expect_exit_takes_numbers_hex_and_status_names(tmp_path: Path, value: str, expected: int) -> None:
+    step = load_scenario(write(tmp_path, RUN.replace("expect_exit: 3", f"expect_exit: {value}"))).scenario.steps[1]
+    assert isinstance(step, RunStep) and step.expect_exit == expected
+
+
+@pytest.mark.parametrize("source", ["kernel", "program", "stdout", "stderr", "serial", "IOCTL-CLIENT.EXE", "ioctl-client.exe:stdout"])
+def test_every_documented_source_loads(tmp_path: Path, source: str) -> None:
+    step = load_scenario(write(tmp_path, RUN.replace("source: program}", f"source: {source}}}"))).scenario.steps[3]
+    assert isinstance(step, ExpectStep) and step.expect.source == source
+
+
+def test_programs_folder_key(tmp_path: Path) -> None:
+    loaded = load_scenario(write(tmp_path, RUN.replace("steps:", "programs: tools\nsteps:")))
+    assert loaded.scenario.programs == "tools"
+
+
+BAD_RUN = [
+    (
+        "  - run: ioctl-client.exe\n    args",
+        "  - run: ../ioctl-client.exe\n    args",
+        6,
+        "steps[1].run",
+        "a program's file name such as ioctl-client.exe",
+    ),
+    ("  - run: ioctl-client.exe\n    args", "  - run: ioctl-client.bat\n    args", 6, "steps[1].run", "ending in .exe"),
+    ("  - run: ioctl-client.exe\n    args", "  - run: [x.exe]\n    args", 6, "steps[1].run", "a program's file name"),
+    ('args: ["hello", 42', 'args: ["hel\\tlo", 42', 7, "steps[1].args[0]", "control character"),
+    ('args: ["hello", 42', "args: [true, 42", 7, "steps[1].args[0]", "expected text or a whole number"),
+    ('args: ["hello", 42', "args: [{a: 1}, 42", 7, "steps[1].args[0]", "expected text or a whole number"),
+    ('args: ["hello", 42, "a b", \'x"y\']', "args: hello", 7, "steps[1].args", "a list"),
+    ("expect_exit: 3", "expect_exit: 4294967296", 8, "steps[1].expect_exit", "exit code"),
+    ("expect_exit: 3", "expect_exit: STATUS_NOPE", 8, "steps[1].expect_exit", "exit code"),
+    ("expect_exit: 3", "expect_exit: -2147483649", 8, "steps[1].expect_exit", "exit code"),
+    ("timeout: 10s", "timeout: soon", 9, "steps[1].timeout", "duration"),
+    ("timeout: 10s", "timout: 10s", 9, "steps[1].timout", "unknown key"),
+    ("source: kernel}", "source: kernal}", 12, "steps[2].expect_order.lines[0].source", "expected kernel, program, stdout, stderr"),
+    ("source: program}", "source: prog.exe}", 14, "steps[3].expect.source", "no run step runs 'prog.exe' (programs run: ioctl-client.exe)"),
+    ("source: ioctl-client.exe:stderr}", "source: ioctl-client.exe:stdin}", 15, "steps[4].expect_no.source", "expected kernel"),
+    ("source: ioctl-client.exe}", "source: other.exe}", 13, "steps[2].expect_order.lines[1].source", "no run step runs 'other.exe'"),
+    ("source: program}", "source: 7}", 14, "steps[3].expect.source", "valid string"),
+    ("steps:", "programs: ''\nsteps:", 4, "programs", "a folder"),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "line", "field", "message"), BAD_RUN, ids=[case[1].strip() for case in BAD_RUN])
+def test_bad_run_steps_and_sources_name_line_and_field(tmp_path: Path, old: str, new: str, line: int, field: str, message: str) -> None:
+    assert old in RUN
+    path = write(tmp_path, RUN.replace(old, new, 1))
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(path)
+    error = caught.value
+    assert (error.line, error.field) == (line, field), str(error)
+    assert message in error.message, str(error)
+    assert str(error).startswith(f"{path}:{line}: {field}: ")
+
+
+def test_arguments_have_a_total_limit_that_fits_every_guest(tmp_path: Path) -> None:
+    fits = ", ".join(['"' + "a" * 100 + '"'] * (MAX_ARGUMENT_CHARS // 100))
+    load_scenario(write(tmp_path, RUN.replace('"hello", 42, "a b", \'x"y\'', fits)))
+    too_long = fits + ', "b"'
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(write(tmp_path, RUN.replace('"hello", 42, "a b", \'x"y\'', too_long)))
+    assert (caught.value.line, caught.value.field) == (7, "steps[1].args")
+    assert f"at most {MAX_ARGUMENT_CHARS} characters" in caught.value.message
+
+
+def test_a_source_on_a_scenario_without_run_steps_says_so(tmp_path: Path) -> None:
+    text = GOOD.replace("for: 1s}", "for: 1s, source: tool.exe}")
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(write(tmp_path, text))
+    assert caught.value.field == "steps[5].expect_no.source" and "(the scenario has no run steps)" in caught.value.message

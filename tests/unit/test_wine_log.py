@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.guests.wine.log import STATUS_ACCESS_VIOLATION, parse_line
+from harness.guests.base import ProgramResult
+from harness.guests.wine.log import STATUS_ACCESS_VIOLATION, parse_line, program_result, run_end
 from harness.kernel.events import DriverStatus, GuestCrash, LogLine
 
 PREFIX = "012c:warn:debugstr:vDbgPrintExWithPrefix 0000004d:00000001: "
@@ -68,3 +69,47 @@ def test_wine_timestamps_are_accepted_and_read() -> None:
     assert guest_timestamp(line) == pytest.approx(1175.921)
     assert guest_timestamp(PREFIX + "x") is None
     assert parse_line("1175.921:0060:fixme:ntoskrnl:stub", 0.0) is None
+
+
+# -- programs' output, forwarded into the same stream by kcbagent.exe run ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "event"),
+    [
+        ("kcb-run\tstdout\tioctl-client.exe\tclient: sent 5 bytes\n", LogLine(2.0, "client: sent 5 bytes", "ioctl-client.exe:stdout")),
+        ("kcb-run\tstderr\tioctl-client.exe\ttab\tinside\n", LogLine(2.0, "tab\tinside", "ioctl-client.exe:stderr")),
+        ("kcb-run\tstdout\tioctl-client.exe\t\n", LogLine(2.0, "", "ioctl-client.exe:stdout")),
+        (
+            "kcb-run\tstdout\tioctl-client.exe\twine: Unhandled page fault on read access to 0 at address 0\n",
+            LogLine(2.0, "wine: Unhandled page fault on read access to 0 at address 0", "ioctl-client.exe:stdout"),
+        ),
+    ],
+)
+def test_a_programs_forwarded_line_is_a_line_from_that_program(line: str, event: LogLine) -> None:
+    assert parse_line(line, 2.0) == event
+
+
+def test_the_end_of_a_run_is_no_log_line() -> None:
+    line = "kcb-run\tend\t7\texit 3221225477\n"
+    assert parse_line(line, 2.0) is None
+    assert run_end(line) == ("7", "exit 3221225477")
+    assert run_end("kcb-run\tstdout\tx.exe\tend\n") is None
+    assert run_end(PREFIX + "kcb-run\tend\t7\texit 0\n") is None
+
+
+UNHANDLED = "wine: Unhandled page fault on write access to 0000000000000000 at address 0000000140001B2C (thread 013c), starting debugger..."
+
+
+@pytest.mark.parametrize(
+    ("report", "diagnostics", "result"),
+    [
+        ("exit 0", [], ProgramResult(exit_code=0)),
+        ("exit 3221225477", [UNHANDLED], ProgramResult(0xC0000005, False, UNHANDLED)),
+        ("timeout", [], ProgramResult(exit_code=None, timed_out=True)),
+        ("error 2 CreateProcess failed", [], ProgramResult(exit_code=None, detail="CreateProcess failed (Win32 error 2)")),
+        ("garbage", [], ProgramResult(exit_code=None, detail="the program runner reported 'garbage'")),
+    ],
+)
+def test_program_result_from_the_runners_report(report: str, diagnostics: list[str], result: ProgramResult) -> None:
+    assert program_result(report, diagnostics) == result

@@ -25,12 +25,12 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
 
 from harness.errors import ConfigError, GuestError
-from harness.guests.base import ControlResult, CrashEvidence, DriverInstall, Guest
+from harness.guests.base import ControlResult, CrashEvidence, DriverInstall, Guest, ProgramResult
 from harness.guests.libvirt_vm.config import HarnessConfig
 from harness.guests.libvirt_vm.domain_xml import PortForward
 from harness.guests.libvirt_vm.dumps import collect_dumps, dump_names
@@ -41,10 +41,11 @@ from harness.guests.libvirt_vm.spec import vm_spec
 from harness.guests.libvirt_vm.vm import VirtualMachine, Watchdog, detect_accel, new_name, remove_stale
 from harness.image.manifest import check_manifest
 from harness.kd.serial import Endpoint, KdSerialReader, SerialReader, TextSerialReader
-from harness.kernel.events import DebugEvent, Event, GuestCrash, GuestHang, LogLine
+from harness.kernel.events import DebugEvent, Event, GuestCrash, GuestHang, LogLine, program_source
 from harness.timeline import Timeline
 from harness.transports.base import Transport, TransportError, connect_with_retries
 from harness.transports.commands import (
+    parse_run_output,
     powershell,
     sc_error,
     verifier_script,
@@ -52,6 +53,9 @@ from harness.transports.commands import (
 
 log = logging.getLogger(__name__)
 
+#: How long a program's upload may take, and how much longer than the program's timeout its report may take.
+PROGRAM_UPLOAD_TIMEOUT = 120.0
+PROGRAM_REPORT_GRACE = 60.0
 IMAGE_HELP = "prepare one from a Windows ISO as vm-images/README.md describes, and point vm.image at it"
 _DRIVER_ENTRY = re.compile(r"DriverEntry status:\(0x([0-9A-Fa-f]{8})\)")
 #: Win32 errors sc.exe reports, back to the NTSTATUS that most often causes them (lossy: used only
@@ -399,3 +403,35 @@ class LibvirtGuest(Guest):
 
     def unload(self, service: str, timeout: float) -> ControlResult:
         return self._control("stop", service, timeout)
+
+    def run_program(self, program: Path, args: Sequence[str], timeout: float) -> ProgramResult:
+        """Upload the program next to the drivers and run it (``GuestShell.run_program``: on Windows
+        ``commands.run_script``).
+
+        The output comes back when the program has ended: its lines join the timeline then, all at that time (their
+        order among themselves is kept; against the kernel log they follow everything logged while it ran).
+        """
+        if self.transport is None:
+            raise GuestError("the VM guest is not started")
+        shell = self.session.shell
+        if not self.upload_folder_ready:  # SFTP does not create the folder it writes into
+            code, output = self._run(shell.make_folder(), PROGRAM_UPLOAD_TIMEOUT)
+            if code != 0:
+                raise GuestError(f"creating {shell.folder} failed: {output.strip()[:300]}")
+            self.upload_folder_ready = True
+        remote = shell.path(program.name)
+        self.transport.upload(program, remote, PROGRAM_UPLOAD_TIMEOUT)
+        result = self.transport.run(shell.run_program(remote, args, timeout), timeout + PROGRAM_REPORT_GRACE)
+        report = parse_run_output(result.stdout)
+        if report is None:
+            output = (result.stdout + result.stderr).strip()[:300]
+            raise GuestError(f"running {program.name} gave no report (exit {result.exit_code}): {output}")
+        if report.state == "error":  # it never ran: the message is the guest's reason
+            return ProgramResult(exit_code=None, detail=f"{' '.join(report.stderr).strip()} (Win32 error {report.code})")
+        now = self.timeline.now()
+        for stream, lines in (("stdout", report.stdout), ("stderr", report.stderr)):
+            for line in lines:
+                self.timeline.append(LogLine(now, line, program_source(program.name, stream)))
+        if report.state == "timeout":
+            return ProgramResult(exit_code=None, timed_out=True)
+        return ProgramResult(exit_code=report.code)

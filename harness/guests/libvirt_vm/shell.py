@@ -10,8 +10,9 @@ single-quoted, POSIX single-quoted): nothing is pasted into a command line.
 
 from __future__ import annotations
 
+import base64
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from harness.transports import commands
@@ -54,6 +55,11 @@ class GuestShell(ABC):
     def list_dumps(self) -> str:
         """Print the full path of each crash dump, oldest first."""
 
+    @abstractmethod
+    def run_program(self, path: str, args: Sequence[str], timeout_s: float) -> str:
+        """Run the program at ``path`` with ``args`` for at most ``timeout_s`` seconds; print its report line
+        (``commands.parse_run_output``)."""
+
 
 class WindowsShell(GuestShell):
     """Windows: PowerShell scripts (``powershell -EncodedCommand``) around sc.exe and the registry."""
@@ -81,9 +87,14 @@ class WindowsShell(GuestShell):
     def list_dumps(self) -> str:
         return commands.powershell(commands.list_files(commands.MINIDUMP_DIR, "*.dmp"))
 
+    def run_program(self, path: str, args: Sequence[str], timeout_s: float) -> str:
+        return commands.powershell(commands.run_script(path, args, timeout_s))
+
 
 STANDIN_SC = "/kcb-sc"
 STANDIN_DUMPS = "/dumps"
+#: ERROR_NOT_SUPPORTED: what a run step gets on the stand-in.
+STANDIN_NOT_SUPPORTED = 50
 
 
 class StandinShell(GuestShell):
@@ -120,3 +131,8 @@ class StandinShell(GuestShell):
 
     def list_dumps(self) -> str:
         return commands.posix_list_files(STANDIN_DUMPS, ".dmp")
+
+    def run_program(self, path: str, args: Sequence[str], timeout_s: float) -> str:
+        # The stand-in runs no user-mode programs: it answers as Windows would for an image it cannot run.
+        reason = base64.b64encode(b"the Linux stand-in guest runs no user-mode programs").decode()
+        return f"echo {commands.posix_quote(f'kcb-run error {STANDIN_NOT_SUPPORTED} {reason}')}"

@@ -7,6 +7,14 @@ that stream to ``kernel-raw.log`` line by line before parsing it into events.
 All drivers of a scenario run in one winedevice.exe (one service group),
 kept alive for the whole session by a small anchor driver, so kernel state
 lives exactly as long as the scenario.
+
+A scenario's user-mode programs run in the same session (same wineserver),
+each started by a one-shot ``kcbagent.exe run``: its stdout is the session's
+kernel-log pipe (the harness keeps that pipe's write end for it), so each line
+the program writes is forwarded into the one stream the drivers' DbgPrint lines
+are in, in the order they were written. Its own Unix stderr is another pipe:
+whatever Wine prints about the program (an unhandled exception) stays out of
+the kernel log, where it would read as the driver host's crash.
 """
 
 from __future__ import annotations
@@ -24,12 +32,13 @@ from typing import IO
 
 from harness.driver.pe import ImageUnreadable, read_image
 from harness.errors import GuestError, GuestHung
-from harness.guests.base import ControlResult, DriverInstall, Guest
+from harness.guests.base import ControlResult, DriverInstall, Guest, ProgramResult
 from harness.guests.wine.imagecheck import refusal
-from harness.guests.wine.log import KernelLogParser
+from harness.guests.wine.log import KernelLogParser, program_result, run_end
 from harness.guests.wine.prefix import ANCHOR_SERVICE, GUEST_DIR, SERVICE_GROUP, WinePrefix, install_file
 from harness.kernel.events import DriverStatus, Event, GuestCrash, StackReport
 from harness.timeline import Timeline
+from harness.transports.commands import windows_command_line
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +53,10 @@ ERROR_TIMEOUT = 1460
 ONE_SHOT_GRACE = 15.0
 #: How long the stack report may take to come through the kernel log after the driver host said it is done.
 REPORT_GRACE = 5.0
+#: A program's runner: starting it and ending the program's processes, on top of the program's timeout.
+RUN_GRACE = 30.0
+#: Lines of Wine's own messages about a program that are kept for its result.
+RUN_DIAGNOSTICS = 20
 #: Where Debian's (and upstream's) Wine keeps its 64-bit PE DLLs: to name frames in Wine's own modules.
 WINE_PE_DIRS = (
     Path("/usr/lib/x86_64-linux-gnu/wine/x86_64-windows"),
@@ -101,6 +114,10 @@ class WineGuest(Guest):
         self._replies: queue.Queue[str | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._raw: IO[bytes] | None = None
+        self._log_writer: int | None = None  # the kernel-log pipe's write end, for programs' runners
+        self._runs = 0
+        self._run_ends: dict[str, str] = {}  # run id -> the runner's report, from the kernel log
+        self._run_ended = threading.Condition()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -124,16 +141,17 @@ class WineGuest(Guest):
         self._locked = True
         self.prefix.kill_session()  # a session left over by a harness that died
         self._raw = open(self.raw_log, "wb", buffering=0)  # noqa: SIM115 - closed in stop()
+        log_reader, self._log_writer = os.pipe()  # the session's stderr: the kernel log
+        self._spawn(self._read_kernel_log, open(log_reader, "rb"))  # noqa: SIM115 - closed by its reader
         self._agent = subprocess.Popen(
             [str(self.prefix.tools.wine), f"{GUEST_DIR}\\kcbagent.exe"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self._log_writer,
             env=self.prefix.env(self.session_debug, shim=self.shim),
             start_new_session=True,  # Ctrl-C reaches the harness, which tears the session down
         )
-        assert self._agent.stdout is not None and self._agent.stderr is not None
-        self._spawn(self._read_kernel_log, self._agent.stderr)
+        assert self._agent.stdout is not None
         self._spawn(self._read_replies, self._agent.stdout)
         ok, code, detail = self._reply(START_TIMEOUT, "agent start")
         if not ok:
@@ -151,12 +169,15 @@ class WineGuest(Guest):
             except subprocess.TimeoutExpired:
                 os.killpg(self._agent.pid, signal.SIGKILL)
                 self._agent.wait(timeout=10)
+        if self._log_writer is not None:  # the last writer of the kernel log that is not a Wine process
+            os.close(self._log_writer)
+            self._log_writer = None
         # The readers drain the pipes to their end (every writer is gone now): the raw log keeps the last lines.
         for thread in self._threads:
             thread.join(timeout=10)
         self._threads.clear()
         if self._agent is not None:
-            for pipe in (self._agent.stdin, self._agent.stdout, self._agent.stderr):
+            for pipe in (self._agent.stdin, self._agent.stdout):
                 if pipe is not None:
                     pipe.close()
             self._agent = None
@@ -206,6 +227,70 @@ class WineGuest(Guest):
 
     def load(self, service: str, timeout: float) -> ControlResult:
         return self._control("start", service, timeout)
+
+    def run_program(self, program: Path, args: Sequence[str], timeout: float) -> ProgramResult:
+        """Run ``program`` from ``C:\\kcb\\programs`` with ``kcbagent.exe run`` (see the module's docstring).
+
+        Raises:
+            GuestError: the session is not running, or the runner ended without a report.
+        """
+        if self._log_writer is None:
+            raise GuestError("the Wine guest is not running")
+        folder = self.prefix.guest_dir / "programs"
+        try:
+            folder.mkdir(exist_ok=True)
+            install_file(program, folder / program.name)
+        except OSError as error:
+            raise GuestError(f"cannot copy {program} into the guest: {error}") from None
+        application = f"{GUEST_DIR}\\programs\\{program.name}"
+        self._runs += 1
+        run_id = str(self._runs)
+        request = agent_command(run_id, program.name, int(timeout * 1000), application, windows_command_line([application, *args]))
+        runner = subprocess.Popen(
+            [str(self.prefix.tools.wine), f"{GUEST_DIR}\\kcbagent.exe", "run"],
+            stdin=subprocess.PIPE,
+            stdout=self._log_writer,
+            stderr=subprocess.PIPE,
+            env=self.prefix.env("-all", shim=self.shim),
+            start_new_session=True,
+        )
+        diagnostics: list[str] = []
+        assert runner.stdin is not None and runner.stderr is not None
+        reader = threading.Thread(target=_keep_lines, args=(runner.stderr, diagnostics), daemon=True, name="wine-run-stderr")
+        reader.start()
+        try:
+            with contextlib.suppress(BrokenPipeError):
+                runner.stdin.write(request.encode())
+                runner.stdin.close()
+            report = self._await_run(run_id, runner, timeout + RUN_GRACE)
+        finally:
+            if runner.poll() is None:  # it did not report in time: its job object ends the program with it
+                os.killpg(runner.pid, signal.SIGKILL)
+            runner.wait(timeout=10)
+            reader.join(timeout=10)
+            runner.stderr.close()
+        if report is None:
+            if runner.returncode is not None and runner.returncode < 0:
+                return ProgramResult(exit_code=None, timed_out=True, detail="its runner did not report in time and was killed")
+            raise GuestError(
+                f"the program runner for {program.name} exited ({runner.returncode}) without a report: {' | '.join(diagnostics)[:300]}"
+            )
+        return program_result(report, diagnostics)
+
+    def _await_run(self, run_id: str, runner: subprocess.Popen[bytes], timeout: float) -> str | None:
+        """The runner's report from the kernel log; None when the runner exited without one or ``timeout`` passed."""
+        deadline = self.timeline.now() + timeout
+        exited_at: float | None = None
+        with self._run_ended:
+            while run_id not in self._run_ends:
+                self.timeline.check_cancelled()
+                now = self.timeline.now()
+                if exited_at is None and runner.poll() is not None:
+                    exited_at = now  # its last lines may still be in the pipe: a moment for the reader
+                if now > deadline or (exited_at is not None and now > exited_at + STATUS_GRACE):
+                    return None
+                self._run_ended.wait(timeout=0.1)
+            return self._run_ends.pop(run_id)
 
     def unload(self, service: str, timeout: float) -> ControlResult:
         return self._control("stop", service, timeout)
@@ -294,11 +379,19 @@ class WineGuest(Guest):
 
     def _read_kernel_log(self, pipe: IO[bytes]) -> None:
         parser = KernelLogParser()
-        for raw in iter(pipe.readline, b""):
-            if self._raw is not None:
-                self._raw.write(raw)  # before parsing: a parser fault never loses evidence
-            for event in parser.feed(raw.decode("utf-8", errors="replace"), self.timeline.now()):
-                self.timeline.append(event)
+        with pipe:
+            for raw in iter(pipe.readline, b""):
+                if self._raw is not None:
+                    self._raw.write(raw)  # before parsing: a parser fault never loses evidence
+                text = raw.decode("utf-8", errors="replace")
+                ended = run_end(text)
+                if ended is not None:
+                    with self._run_ended:
+                        self._run_ends[ended[0]] = ended[1]
+                        self._run_ended.notify_all()
+                    continue
+                for event in parser.feed(text, self.timeline.now()):
+                    self.timeline.append(event)
 
     def _read_replies(self, pipe: IO[bytes]) -> None:
         for raw in iter(pipe.readline, b""):
@@ -306,3 +399,10 @@ class WineGuest(Guest):
             if text.startswith(("ok", "err ")):
                 self._replies.put(text)
         self._replies.put(None)
+
+
+def _keep_lines(pipe: IO[bytes], lines: list[str]) -> None:
+    """Read ``pipe`` to its end, keeping its last RUN_DIAGNOSTICS lines (Wine's messages about a program)."""
+    for raw in iter(pipe.readline, b""):
+        lines.append(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+        del lines[:-RUN_DIAGNOSTICS]

@@ -6,15 +6,19 @@ callback shim announces driver load results as ``kcb-shim: load NAME status
 0x........``; a fault that takes winedevice.exe down is reported by Wine as
 ``wine: Unhandled page fault on ... at address ... (thread ...)``, after the
 shim's ``kcb-triage:`` lines with the faulting thread's stack (those, and the
-stacks reported at a hang, are gathered by ``KernelLogParser``).
+stacks reported at a hang, are gathered by ``KernelLogParser``). A program a
+scenario runs has its lines forwarded into the same stream by ``kcbagent.exe
+run`` as ``kcb-run<TAB>stdout|stderr<TAB>NAME<TAB>TEXT``, and the end of the run
+as ``kcb-run<TAB>end<TAB>ID<TAB>REPORT`` (see agent/kcbagent.c).
 """
 
 from __future__ import annotations
 
 import re
 
+from harness.guests.base import ProgramResult
 from harness.guests.wine.triage_log import TriageLines
-from harness.kernel.events import DriverStatus, Event, GuestCrash, LogLine
+from harness.kernel.events import DriverStatus, Event, GuestCrash, LogLine, program_source
 
 #: Wine's optional ``+timestamp`` prefix (its monotonic tick count, in seconds with milliseconds).
 _TIMESTAMP = re.compile(r"^(\d+\.\d{3}):")
@@ -24,6 +28,10 @@ _SHIM = re.compile(r"^kcb-shim: (load|unload) (\S+) status 0x([0-9a-fA-F]{8})$")
 _UNHANDLED = re.compile(
     r"^wine: Unhandled (.*?)(?: at address ([0-9A-Fa-f]+))?(?: \(thread ([0-9a-fA-F]+)\))?(?:, starting debugger\.\.\.)?$"
 )
+_PROGRAM_LINE = re.compile(r"^kcb-run\t(stdout|stderr)\t([^\t]+)\t(.*)$", re.DOTALL)
+_RUN_END = re.compile(r"^kcb-run\tend\t([^\t]+)\t(.*)$")
+_EXIT = re.compile(r"^exit ([0-9]+)$")
+_ERROR = re.compile(r"^error ([0-9]+) (.*)$")
 _EXCEPTION_CODE = re.compile(r"exception (?:code )?(?:0x)?([0-9a-fA-F]{8})")
 _ACCESS = re.compile(r"page fault on (read|write|execute) access to (?:0x)?([0-9A-Fa-f]+)")
 
@@ -38,6 +46,12 @@ def parse_line(text: str, t: float) -> Event | None:
     multi-line DbgPrint and becomes a LogLine too.
     """
     text = text.rstrip("\r\n")
+    program = _PROGRAM_LINE.match(text)
+    if program:  # before anything else: a program's text is never taken for Wine's (a crash) or a driver's
+        stream, name, line = program.groups()
+        return LogLine(t=t, text=line, source=program_source(name, stream))
+    if _RUN_END.match(text):
+        return None  # for the guest (run_end), not the timeline
     match = _DBGPRINT.match(text)
     if match:
         message = match.group(1)
@@ -75,6 +89,27 @@ class KernelLogParser:
             partial = self._triage.cut_short("crash")
             return [partial, event] if partial is not None else [event]
         return [event]
+
+
+def run_end(text: str) -> tuple[str, str] | None:
+    """(run id, report) when ``text`` is the line that ends a program's run."""
+    match = _RUN_END.match(text.rstrip("\r\n"))
+    return (match.group(1), match.group(2)) if match else None
+
+
+def program_result(report: str, diagnostics: list[str]) -> ProgramResult:
+    """The result a run's report (``exit CODE``, ``timeout``, ``error WIN32 WHAT``) stands for; ``diagnostics`` are
+    what Wine printed about the program (its Unix stderr: an unhandled exception), kept as the detail."""
+    detail = " | ".join(line for line in diagnostics if line.strip())
+    exited = _EXIT.match(report)
+    if exited:
+        return ProgramResult(exit_code=int(exited.group(1)), detail=detail)
+    if report == "timeout":
+        return ProgramResult(exit_code=None, timed_out=True, detail=detail)
+    error = _ERROR.match(report)
+    if error:
+        return ProgramResult(exit_code=None, detail=f"{error.group(2)} (Win32 error {error.group(1)})")
+    return ProgramResult(exit_code=None, detail=f"the program runner reported {report!r}")
 
 
 def guest_timestamp(text: str) -> float | None:
