@@ -440,12 +440,21 @@ class KdHost:
         self.crash_after_stacks = crash_after
         self.later.send += bytes([kd.BREAKIN_BYTE])
 
-    def cancel_stacks(self, now: float) -> Output:
-        """Stop waiting for a hang's stacks: no break-in stop is inspected any more, and one in progress ends now."""
+    def cancel_stacks(self, now: float) -> list[KdEvent]:
+        """Stop waiting for a hang's stacks: no break-in stop is inspected any more, and one in progress ends now
+        (its continue goes out with the next output)."""
         self.stacks_wanted = False
+        self.crash_after_stacks = False
         if self.inspection is not None and self.inspection.stop.kind == "hang":
-            return self._end_inspection(now, complete=False)
-        return Output()
+            out = self._end_inspection(now, complete=False)
+            self.later.send += out.send
+            return out.events
+        return []
+
+    @property
+    def inspecting(self) -> bool:
+        """A stop is being read, or an announced bugcheck's break is still to come."""
+        return self.inspection is not None or self.pending_bugcheck is not None
 
     def expect_forced_bugcheck(self, code: int) -> None:
         """The harness is causing a bugcheck with ``code`` itself (an NMI): report it as forced, do not inspect it."""
