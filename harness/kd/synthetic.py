@@ -565,3 +565,34 @@ def locate_stall_site(stall_debug: Path, image_base: int = 0x140000000) -> int:
         if text.startswith("call") and "KeWaitForSingleObject" in text:
             return address - image_base
     raise ImageError(f"{stall_debug}: no call of KeWaitForSingleObject in DriverEntry")
+
+
+# -- the stand-in's machine file (standin-guest/build.sh) ----------------------------------------------------------------
+
+STANDIN_RECEIVER = DriverFile("sysRecv1.sys", b"", 0xFFFFF80000400000)
+STANDIN_SENDER = DriverFile("sysTest.sys", b"", 0xFFFFF80000500000)
+
+
+def write_standin_machine(out: Path, null_deref: Path) -> Machine:
+    """The machine the stand-in's kdtarget serves (the null-deref crash, 0x7E) as ``out``/kdmachine.bin, with the
+    synthetic ``out``/ntoskrnl.exe a test names kernel frames with.
+
+    Raises:
+        ImageError: the null-deref build or binutils is missing.
+    """
+    sites = locate_null_deref_sites(null_deref / "receiver.debug", null_deref / "sender.debug")
+    receiver = DriverFile(STANDIN_RECEIVER.name, (null_deref / "receiver.sys").read_bytes(), STANDIN_RECEIVER.base)
+    sender = DriverFile(STANDIN_SENDER.name, (null_deref / "sender.sys").read_bytes(), STANDIN_SENDER.base)
+    machine = null_deref_machine(receiver, sender, sites)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "kdmachine.bin").write_bytes(machine.encode())
+    (out / KERNEL).write_bytes(build_kernel().file)
+    return machine
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 3:
+        sys.exit("usage: python -m harness.kd.synthetic OUT_DIR NULL_DEREF_DRIVERS_DIR")
+    write_standin_machine(Path(sys.argv[1]), Path(sys.argv[2]))
