@@ -90,6 +90,7 @@ def open_lanes(settings: Settings) -> Iterator[WineLanes | VmLanes]:
                 f"or pass --config (looked for {settings.config})"
             )
         session = VmSession(load_config(settings.config))
+        session.keep_failed = settings.keep_failed
         try:
             yield VmLanes(session)
         finally:

@@ -129,6 +129,11 @@ class Guest(ABC):
         timeline) within about ``timeout`` seconds; never raises. The default has no way to ask."""
         del timeout
 
+    def hold_failed(self, why: str) -> None:
+        """``--keep-failed``: before a failed scenario's guest is torn down, hold it for a developer until released
+        (the VM guest serves its kernel debugger link); never raises. The default has nothing to hold."""
+        del why
+
     def collect_hang_evidence(self, dest: Path) -> CrashEvidence:
         """After ``report_stacks`` at a hang: pull the dump the guest was made to write for it, if it was; never raises."""
         return CrashEvidence()

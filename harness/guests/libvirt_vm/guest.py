@@ -24,6 +24,7 @@ import hashlib
 import logging
 import os
 import re
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -35,6 +36,7 @@ from harness.guests.base import ControlResult, CrashEvidence, DriverInstall, Gue
 from harness.guests.libvirt_vm.config import HarnessConfig
 from harness.guests.libvirt_vm.domain_xml import DomainSpec, PortForward
 from harness.guests.libvirt_vm.dumps import collect_dumps, dump_names, with_headers
+from harness.guests.libvirt_vm.handoff import KdHandoff, wait_released
 from harness.guests.libvirt_vm.host import LocalHost, VmHost, free_port, parse_remote_uri, remote_port, vm_host
 from harness.guests.libvirt_vm.vm import (
     LifecycleEvent,
@@ -48,7 +50,7 @@ from harness.guests.libvirt_vm.vm import (
 from harness.kd.serial import Endpoint, KdSerialReader, SerialReader, TextSerialReader
 from harness.kd.session import MANUALLY_INITIATED_CRASH
 from harness.kernel.events import DebugEvent, Event, GuestCrash, GuestHang, LogLine
-from harness.timeline import Timeline
+from harness.timeline import Cancelled, Timeline
 from harness.transports.base import Transport, TransportError, connect_with_retries
 from harness.transports.commands import (
     MINIDUMP_DIR,
@@ -138,6 +140,7 @@ class VmSession:
         # the run (close() removes only the VM's run folder).
         self.log_dir = work
         self.prepared = False
+        self.keep_failed = False  # --keep-failed: hold a failed VM for a debugger (LibvirtGuest.hold_failed)
         self.dump_listing = powershell(list_files(MINIDUMP_DIR, "*.dmp"))
         self.known_dumps: tuple[str, ...] = ()  # in the ready snapshot already: not this scenario's
 
@@ -370,6 +373,42 @@ class LibvirtGuest(Guest):
         evidence = self._pull_dumps(dest)
         crash = next((event for event in self.timeline.of_type(GuestCrash) if event.code is not None), None)
         return with_headers(evidence, crash.code if crash else None, crash.parameters if crash else ())
+
+    def hold_failed(self, why: str) -> None:
+        """``--keep-failed``: pause the VM and serve its KD link (COM1) on a loopback TCP port for WinDbg or kd,
+        printing how to attach, until the user presses Enter (or the run is cancelled). Never raises."""
+        spec = self.session.vm.spec
+        if not self.session.keep_failed or spec.com1 is None:
+            return
+        if isinstance(spec.com1, int):
+            log.warning("--keep-failed: the VM's COM1 is on a remote VM host; attach there (port %s of its loopback)", spec.com1)
+            return
+        if self.watchdog is not None:  # a held VM is not hung
+            self.watchdog.stop()
+            self.watchdog = None
+        for reader in [reader for reader in self.readers if isinstance(reader, KdSerialReader)]:
+            reader.stop()  # the serial socket takes one client: the debugger's
+            self.readers.remove(reader)
+        try:
+            with KdHandoff(self.session.vm.pause, self.session.vm.resume, self.session.serial_endpoint(spec.com1)) as handoff:
+                lines = [
+                    f"kept for debugging ({why}): the VM {spec.name} is paused; its kernel debugger link is on 127.0.0.1:{handoff.port}"
+                ]
+                lines += [f"  attach: {command}" for command in handoff.commands()]
+                lines.append(f"  from another machine: ssh -L {handoff.port}:127.0.0.1:{handoff.port} <this host>, then attach there")
+                lines.append("  press Enter here to release it")
+                sys.stdout.write("\n".join(lines) + "\n")
+                how = wait_released(sys.stdout, sys.stdin, self._cancelled)
+                log.info("the held VM was released (%s) after %s debugger connection(s)", how, handoff.connections)
+        except OSError as error:
+            log.warning("--keep-failed: could not serve the VM's kernel debugger link: %s", error)
+
+    def _cancelled(self) -> bool:
+        try:
+            self.timeline.check_cancelled()
+        except Cancelled:
+            return True
+        return False
 
     def _pull_dumps(self, dest: Path) -> CrashEvidence:
         """Wait for Windows to restart after its bugcheck and pull the new minidumps (see harness.guests.libvirt_vm.dumps)."""
