@@ -68,6 +68,7 @@ bench: setup build standin
 	$(PY) benchmarks/kd_decoder.py
 	$(PY) benchmarks/vm_revert.py
 	$(PY) benchmarks/triage.py
+	$(PY) benchmarks/kd_triage.py
 
 # False failures per 1,000 scenario runs, idle and with both cores busy (long: see benchmarks/soak.py --help).
 soak: setup build standin
