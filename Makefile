@@ -67,6 +67,8 @@ bench: setup build standin
 	$(PY) benchmarks/run_all.py
 	$(PY) benchmarks/kd_decoder.py
 	$(PY) benchmarks/vm_revert.py
+	$(PY) benchmarks/suite.py
+	$(PY) benchmarks/winrm_upload.py
 	$(PY) benchmarks/triage.py
 	$(PY) benchmarks/kd_triage.py
 

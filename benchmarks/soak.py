@@ -28,12 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from harness.config import Settings, default_state_dir  # noqa: E402
-from harness.guests import open_guests  # noqa: E402
+from harness.guests import open_lanes  # noqa: E402
 from harness.guests.libvirt_vm.standin import standin_vm  # noqa: E402
 from harness.kd.serial import Endpoint, TextSerialReader  # noqa: E402
-from harness.reports import write_reports  # noqa: E402
-from harness.runner import run_scenario  # noqa: E402
 from harness.scenario.loader import discover, load_scenario  # noqa: E402
+from harness.suite import ATTEMPT, Suite, expand  # noqa: E402
 from harness.timeline import Timeline  # noqa: E402
 
 TICK = re.compile(r"^kcb-standin: tick (\d+)$")
@@ -58,24 +57,27 @@ def busy_cores(count: int) -> Iterator[None]:
             spinner.wait()
 
 
-def scenario_runs(runs: int, out: Path, label: str) -> tuple[int, list[Failure]]:
-    """Run the shipped scenarios until ``runs`` scenario runs are done; the false failures."""
+def scenario_runs(runs: int, out: Path, label: str, jobs: int) -> tuple[int, list[Failure]]:
+    """Run the shipped scenarios as `harness run -j JOBS` does (the suite runner, warm pool) until ``runs`` scenario runs
+    are done; the false failures (infra retries count: a retried run is a false failure that a user would not see)."""
     settings = Settings.defaults(out_dir=out)
     scenarios = [load_scenario(path) for path in discover([ROOT / "scenarios"])]
     failures: list[Failure] = []
     done = 0
-    with open_guests(settings) as factory:
+    with open_lanes(settings) as lanes:
         while done < runs:
-            for loaded in scenarios[: runs - done]:
-                folder = out / f"{label}-{done + 1:04d}"
-                result = run_scenario(loaded, factory, settings.drivers_dir, folder)
-                done += 1
-                if result.passed:
-                    shutil.rmtree(folder, ignore_errors=True)
-                    continue
-                write_reports([result], folder)
-                failures.append(Failure(f"{label} run {done} {loaded.id}", f"{result.outcome}: {result.message}", folder))
-                print(f"  false failure: {failures[-1].what}: {failures[-1].reason}", flush=True)
+            items = expand(scenarios[: runs - done], {None: settings.drivers_dir})
+            folder = out / f"{label}-{done + 1:04d}"
+            results = Suite(items, lanes, folder, jobs=jobs, warm=True).run().results
+            done += len(results)
+            for result in results:
+                retried = (result.run_dir / ATTEMPT).exists()
+                if not result.passed or retried:
+                    reason = f"{result.outcome}: {result.message}" + (" (after an infra retry)" if retried else "")
+                    failures.append(Failure(f"{label} {result.id}", reason, result.run_dir))
+                    print(f"  false failure: {failures[-1].what}: {failures[-1].reason}", flush=True)
+            if all(result.passed for result in results):
+                shutil.rmtree(folder, ignore_errors=True)
             print(f"  {label}: {done}/{runs} scenario runs, {len(failures)} false failures", flush=True)
     return done, failures
 
@@ -153,14 +155,16 @@ def main() -> None:
     parser.add_argument("--vm-cycles", type=int, default=20, help="stand-in VM revert cycles (default 20)")
     parser.add_argument("--kd-runs", type=int, default=20, help="runs of the KD test over a real QEMU serial port (default 20)")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "soak", help="where failures' reports are kept")
+    parser.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1, help="scenarios at once (default: the CPU cores)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     cores = os.cpu_count() or 1
-    print(f"soak: {args.idle_runs} idle + {args.busy_runs} busy scenario runs, {args.vm_cycles} VM revert cycles, {args.kd_runs} KD runs")
-    idle, idle_failures = scenario_runs(args.idle_runs, args.out, "idle")
+    print(f"soak: {args.idle_runs} idle + {args.busy_runs} busy scenario runs at -j {args.jobs}, {args.vm_cycles} VM revert cycles, "
+          f"{args.kd_runs} KD runs")  # fmt: skip
+    idle, idle_failures = scenario_runs(args.idle_runs, args.out, "idle", args.jobs)
     with busy_cores(cores):
-        busy, busy_failures = scenario_runs(args.busy_runs, args.out, "busy")
+        busy, busy_failures = scenario_runs(args.busy_runs, args.out, "busy", args.jobs)
     vm_failures = vm_revert_cycles(args.vm_cycles, args.out) if args.vm_cycles else []
     kd_failures = kd_runs(args.kd_runs, args.out) if args.kd_runs else []
     print(f"\nsoak results ({time.monotonic() - started:.0f}s, {cores} cores):")

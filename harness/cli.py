@@ -21,7 +21,7 @@ from harness.guests import GUESTS, open_lanes
 from harness.image.answer import ImageOptions
 from harness.runner import ScenarioResult
 from harness.scenario.loader import LoadedScenario, discover, load_scenario
-from harness.suite import Item, Suite, SuiteResult, expand, parse_shard, select_shard
+from harness.suite import Suite, SuiteResult, expand, load_history, parse_shard, save_history, select_shard
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -33,6 +33,10 @@ def _guest_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-warm", action="store_true", help="start each guest when its scenario starts (default: the next one starts meanwhile)"
     )
+    parser.add_argument(
+        "--image", action="append", metavar="NAME", help="run on this golden image of the configuration's images: (repeatable; "
+        "default: every one, an image matrix)",
+    )  # fmt: skip
     parser.add_argument(
         "--symbols",
         type=Path,
@@ -175,13 +179,36 @@ def image_options(args: argparse.Namespace) -> ImageOptions:
         raise ConfigError(str(error)) from None
 
 
-def run_suite(items: list[Item], settings: Settings, jobs: int, warm: bool, verbose: bool = False) -> SuiteResult:
-    """Run ``items`` on the guest of ``settings`` (a lane of its own per worker), printing each start and verdict."""
+def run_suite(
+    scenarios: list[LoadedScenario], builds: dict[str | None, Path], settings: Settings, args: argparse.Namespace
+) -> tuple[SuiteResult, int]:
+    """Run every scenario × image × build on the guest of ``settings`` (``args``: -j, --no-warm, --image, --shard, -v),
+    printing each start and verdict; (the outcome, how many items there were)."""
     with open_lanes(settings) as lanes:
+        items = expand(scenarios, builds, _images(lanes.images, args.image))
+        if getattr(args, "shard", None) is not None:
+            shard, shards = parse_shard(args.shard)
+            items = select_shard(items, shard, shards)
+            print(f"shard {shard}/{shards}: {len(items)} items", flush=True)
+        history = settings.cache_dir / "durations.json"  # the longest items first: the workers finish together
         suite = Suite(
-            items, lanes, settings.out_dir, jobs=jobs, warm=warm, progress=_say, verbose=verbose, symbol_dirs=settings.symbol_dirs
-        )
-        return suite.run()
+            items, lanes, settings.out_dir, jobs=_jobs(args), warm=not args.no_warm, progress=_say, verbose=getattr(args, "verbose", False),
+            symbol_dirs=settings.symbol_dirs, history=load_history(history),
+        )  # fmt: skip
+        outcome = suite.run()
+        save_history(history, outcome.results)
+        return outcome, len(items)
+
+
+def _images(available: list[str | None], wanted: list[str] | None) -> list[str | None]:
+    """The images to run on: those asked for with --image (each checked), else every one the guest has."""
+    if not wanted:
+        return available
+    unknown = [name for name in wanted if name not in available]
+    if unknown:
+        names = ", ".join(name for name in available if name) or "none (the embedded guest, or a configuration with only vm.image)"
+        raise ConfigError(f"--image {', '.join(unknown)}: no such image (images: {names})")
+    return list(dict.fromkeys(wanted))
 
 
 def _say(line: str) -> None:
@@ -217,10 +244,9 @@ def compare_command(args: argparse.Namespace) -> int:
     scenarios = load_all(args.paths or [project_root() / "scenarios"])
     out = args.out or project_root() / "build" / "compare"
     settings = Settings.defaults(out_dir=out, guest=args.guest, config=args.config, symbol_dirs=tuple(args.symbols))
-    items = expand(scenarios, {"baseline": args.baseline, "candidate": args.candidate})
-    outcome = run_suite(items, settings, _jobs(args), warm=not args.no_warm)
+    outcome, total = run_suite(scenarios, {"baseline": args.baseline, "candidate": args.candidate}, settings, args)
     if outcome.interrupted is not None:
-        return _interrupted(outcome, len(items), out)
+        return _interrupted(outcome, total, out)
     changes = compare([r for r in outcome.results if r.build == "baseline"], [r for r in outcome.results if r.build == "candidate"])
     report = render(changes)
     (out / "compare.txt").write_text(report, encoding="utf-8")
@@ -361,15 +387,10 @@ def run_command(args: argparse.Namespace) -> int:
     scenarios = load_all(args.paths or [project_root() / "scenarios"])
     if not settings.drivers_dir.is_dir():
         raise ConfigError(f"drivers folder {settings.drivers_dir} does not exist: run `make build` or pass --drivers")
-    items = expand(scenarios, {None: settings.drivers_dir})
-    if args.shard is not None:
-        shard, shards = parse_shard(args.shard)
-        items = select_shard(items, shard, shards)
-        print(f"shard {shard}/{shards}: {len(items)} items", flush=True)
     started = time.monotonic()
-    outcome = run_suite(items, settings, _jobs(args), warm=not args.no_warm, verbose=args.verbose)
+    outcome, total = run_suite(scenarios, {None: settings.drivers_dir}, settings, args)
     if outcome.interrupted is not None:
-        return _interrupted(outcome, len(items), settings.out_dir)
+        return _interrupted(outcome, total, settings.out_dir)
     results = outcome.results
     passed = sum(1 for r in results if r.passed)
     for line in signature_summary(results):

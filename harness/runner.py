@@ -9,6 +9,7 @@ is ``failed``. The guest is torn down on every path, Ctrl-C included.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,8 @@ class ScenarioResult:
     triage: Triage | None = None  # where it crashed or hung, when the guest reported its stacks
     image: str | None = None  # the VM image it ran on, in an image matrix
     build: str | None = None  # the driver build it ran with, when several are compared
+    host: str = ""  # the VM host it ran on (a pool of them), "" for this machine
+    started_at: float = 0.0  # wall clock (seconds since the epoch) when its guest was set up
 
     @property
     def passed(self) -> bool:
@@ -279,7 +282,7 @@ def set_up(loaded: LoadedScenario, factory: GuestFactory, drivers_dir: Path, run
     scenario = loaded.scenario
     timeline = Timeline()
     run_dir.mkdir(parents=True, exist_ok=True)
-    result = ScenarioResult(id=loaded.id, name=scenario.name, path=loaded.path, guest="", run_dir=run_dir)
+    result = ScenarioResult(id=loaded.id, name=scenario.name, path=loaded.path, guest="", run_dir=run_dir, started_at=time.time())
     for index, step in enumerate(scenario.steps):
         kind, description = describe_step(step)
         result.steps.append(StepResult(index=index, line=loaded.step_lines[index], kind=kind, description=description))
@@ -292,6 +295,7 @@ def set_up(loaded: LoadedScenario, factory: GuestFactory, drivers_dir: Path, run
         return done
     guest = factory(timeline, run_dir)
     result.guest = guest.name
+    result.host = guest.location
     result.raw_log_file = guest.raw_log
     refused = guest.check_images(list(images.values()))
     if refused:

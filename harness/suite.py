@@ -17,6 +17,7 @@ ends guests that were started early, and waits for every teardown.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -33,6 +34,9 @@ from harness.runner import ScenarioInterrupted, ScenarioResult, SetUp, run_set_u
 from harness.scenario.loader import LoadedScenario
 
 log = logging.getLogger(__name__)
+
+#: Where an item's first attempt is kept when it was run once more after an infra outcome.
+ATTEMPT = "attempt-1"
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,8 @@ class Lanes(Protocol):
 
     #: How many lanes there can be (None: as many as wanted).
     capacity: int | None
+    #: The images items can run on (None: the guest's only one).
+    images: list[str | None]
 
     def factory(self, lane: int, image: str | None) -> GuestFactory:
         """The guest factory of lane ``lane`` for items on ``image``.
@@ -147,6 +153,9 @@ class Worker:
                 log.warning("%s: %s; running it once more on a fresh guest", item.key, result.message)
                 if self.progress is not None:
                     self.progress(f"INFRA {item.key}: {result.message}; retrying once")
+                for lane in self._lanes.values():  # the first attempt's guest is down: its logs are complete
+                    lane.wait_idle()
+                self._keep_attempt(result)
                 self.current = retry = self._prepare(item, early=False)
                 result = run_set_up(retry, self.progress)
         except ScenarioInterrupted as interrupted:
@@ -155,6 +164,16 @@ class Worker:
         finally:
             self.current = None
         return self._finish(item, result)
+
+    @staticmethod
+    def _keep_attempt(result: ScenarioResult) -> None:
+        """Keep the first attempt's files (its raw log is evidence of what broke) in ``attempt-1/`` of its folder."""
+        save(result)
+        kept = result.run_dir / ATTEMPT
+        kept.mkdir(exist_ok=True)
+        for path in result.run_dir.iterdir():
+            if path != kept:
+                path.rename(kept / path.name)
 
     def _prepare(self, item: Item, early: bool) -> SetUp:
         number = self.numbers[self._turn % len(self.numbers)]
@@ -209,6 +228,7 @@ class Suite:
         progress: Callable[[str], None] | None = None,
         verbose: bool = False,
         symbol_dirs: Sequence[Path] = (),
+        history: Mapping[str, float] | None = None,
     ) -> None:
         self.items = list(items)
         self.lanes = lanes
@@ -220,10 +240,12 @@ class Suite:
         self.progress = progress
         self.verbose = verbose
         self.symbol_dirs = tuple(symbol_dirs)
+        self.history = dict(history or {})  # seconds each item took last time: the longest are handed out first
         self._queue: queue.Queue[int] = queue.Queue()
         self._results: dict[int, ScenarioResult] = {}
         self._lock = threading.Lock()
         self._cancelled: str | None = None
+        self._interrupted = False  # by Ctrl-C or SIGTERM (not by a worker that failed)
         self._workers: list[Worker] = []
         self._failures: list[BaseException] = []
 
@@ -233,7 +255,7 @@ class Suite:
         Raises:
             GuestError, ConfigError: a worker could not set up its guests (after the others stopped).
         """
-        for index in range(len(self.items)):
+        for index in longest_first(self.items, self.history):
             self._queue.put(index)
         per_worker = 2 if self.warm else 1
         self._workers = [
@@ -260,11 +282,12 @@ class Suite:
                 while not done.wait(0.2):  # short waits: Ctrl-C and SIGTERM reach this (main) thread between them
                     pass
         except KeyboardInterrupt as signal:
+            self._interrupted = True
             self.cancel(str(signal) or "Ctrl-C")
             for done in finished:
                 done.wait()
         self._write_reports()
-        if self._failures and self._cancelled is None:
+        if self._failures and not self._interrupted:
             raise self._failures[0]
         return SuiteResult(self.results(), self._cancelled)
 
@@ -339,3 +362,28 @@ def verdict_lines(result: ScenarioResult) -> list[str]:
             lines.append(f"     at {culprit.describe()}")
             lines.append(f"     stack: {result.triage.chain()}")
     return lines
+
+
+def longest_first(items: Sequence[Item], history: Mapping[str, float]) -> list[int]:
+    """The order to hand items out in: longest first by their last duration (unknown ones first of all), so the
+    workers finish together (the longest-processing-time rule). Stable, and the same on every machine. Pure."""
+    return sorted(range(len(items)), key=lambda index: -history.get(items[index].key, float("inf")))
+
+
+def load_history(path: Path) -> dict[str, float]:
+    """Item durations of earlier runs (``save_history``); empty when there are none or the file is unreadable."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {str(key): float(value) for key, value in data.items() if isinstance(value, int | float)} if isinstance(data, dict) else {}
+
+
+def save_history(path: Path, results: Sequence[ScenarioResult]) -> None:
+    """Remember how long each item took (merged into what was remembered), for the next run's ``longest_first``."""
+    history = load_history(path)
+    history.update({result.key: round(result.duration, 3) for result in results if result.duration > 0})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(history, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    temporary.replace(path)

@@ -4,7 +4,7 @@
 #
 #   scripts/setup-host.sh run    what `make run` needs: Python with venv, mingw-w64 (drivers), Wine (the embedded guest)
 #   scripts/setup-host.sh all    everything (`make test`, `make lint`): also a C compiler and Python headers (libvirt-python
-#                                compiles), QEMU, libvirt, OVMF, swtpm, sshd, xorriso, osslsigncode
+#                                compiles), QEMU, libvirt, OVMF, swtpm, sshd, xorriso, osslsigncode, Chromium (the report's browser test)
 set -euo pipefail
 
 profile=${1:-all}
@@ -49,6 +49,7 @@ if [ "$profile" = all ]; then
   have openssl || need+=(openssl)
   have unshare || need+=(util-linux)
   have useradd || need+=(passwd)
+  have chromium || need+=(chromium)   # the browser test renders the HTML report headless
 fi
 
 if [ ${#need[@]} -eq 0 ]; then

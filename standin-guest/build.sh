@@ -69,8 +69,9 @@ printf 'root:x:0:0:root:/root:/bin/sh\nsshd:x:100:65534::/run/sshd:/bin/false\n'
 printf 'root:*:19000:0:99999:7:::\nsshd:*:19000:0:99999:7:::\n' > "$root/etc/shadow"
 printf 'root:x:0:\nnogroup:x:65534:\n' > "$root/etc/group"
 cp "$here/kcb-crash" "$root/kcb-crash"
+cp "$here/kcb-sc" "$root/kcb-sc"
 chmod 600 "$root/etc/ssh/host_ed25519" "$root/etc/shadow"
-chmod +x "$root/kcb-crash"
+chmod +x "$root/kcb-crash" "$root/kcb-sc"
 chmod +x "$root/init" "$root/kdtarget"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1 > "$out/initramfs.cpio.gz.tmp")
 mv "$out/initramfs.cpio.gz.tmp" "$out/initramfs.cpio.gz"

@@ -14,6 +14,7 @@ from harness.guests.base import Guest
 from harness.timeline import Timeline
 
 if TYPE_CHECKING:
+    from harness.guests.libvirt_vm.config import HarnessConfig
     from harness.guests.libvirt_vm.guest import VmSession
     from harness.guests.wine.prefix import WinePrefix
 
@@ -26,6 +27,7 @@ class WineLanes:
     """Embedded-guest lanes: lane 0 is the prepared prefix, lane n a clone of it (made once, kept in the cache)."""
 
     capacity: int | None = None  # as many as wanted: a clone costs ~0.1 s and hard links
+    images: list[str | None] = [None]  # noqa: RUF012 - the embedded guest has no images
 
     def __init__(self, prefix: WinePrefix) -> None:
         self.prefix = prefix
@@ -45,21 +47,47 @@ class WineLanes:
 
 
 class VmLanes:
-    """The VM guest's lane: one VM (its session), so one guest at a time."""
+    """The VM guest's lanes: the slots of the VM host pool (``vm.hosts``), one VM each at a time.
 
-    capacity: int | None = 1
+    Lane n is the n-th slot, on its host. A lane keeps its VM (its session: booted, prepared, reverted per
+    scenario) for as long as its items are on the same image, and makes a new one from another image's golden
+    image when needed. Every VM is closed when the lanes are.
+    """
 
-    def __init__(self, session: VmSession) -> None:
-        self.session = session
+    def __init__(self, config: HarnessConfig, keep_failed: bool = False) -> None:
+        self.config = config
+        self.keep_failed = keep_failed  # --keep-failed: a failed scenario's VM is held for a debugger
+        self.slots = [host.uri for host in config.vm.pool for _ in range(host.slots)]
+        self.capacity: int | None = len(self.slots)
+        self.images: list[str | None] = config.image_names
+        self._sessions: dict[int, tuple[str | None, VmSession]] = {}
+        self._lock = threading.Lock()
 
     def factory(self, lane: int, image: str | None) -> GuestFactory:
-        from harness.guests.libvirt_vm.guest import LibvirtGuest
+        from harness.guests.libvirt_vm.guest import LibvirtGuest, VmSession
 
-        if lane != 0:
-            raise ConfigError("the VM guest has one VM per run here: -j 1")
-        if image is not None:
-            raise ConfigError(f"image {image!r}: this configuration has one image (vm.image)")
-        return lambda timeline, run_dir: LibvirtGuest(timeline, run_dir, self.session)
+        if not 0 <= lane < len(self.slots):
+            raise ConfigError(f"lane {lane}: the VM host pool has {len(self.slots)} slots (vm.hosts)")
+        config = self.config.on(self.slots[lane], image)  # ConfigError for an unknown image, before anything starts
+        with self._lock:
+            current = self._sessions.pop(lane, None)
+        if current is not None and current[0] == image:
+            session = current[1]
+        else:
+            if current is not None:
+                current[1].close()
+            session = VmSession(config)
+            session.keep_failed = self.keep_failed
+        with self._lock:
+            self._sessions[lane] = (image, session)
+        return lambda timeline, run_dir: LibvirtGuest(timeline, run_dir, session)
+
+    def close(self) -> None:
+        with self._lock:
+            sessions = [session for _, session in self._sessions.values()]
+            self._sessions.clear()
+        for session in sessions:
+            session.close()
 
 
 @contextlib.contextmanager
@@ -82,19 +110,17 @@ def open_lanes(settings: Settings) -> Iterator[WineLanes | VmLanes]:
         return
     if settings.guest == "libvirt":
         from harness.guests.libvirt_vm.config import load_config
-        from harness.guests.libvirt_vm.guest import VmSession
 
         if settings.config is None or not settings.config.is_file():
             raise ConfigError(
                 "the libvirt guest needs a configuration: copy harness.example.yaml to harness.yaml, "
                 f"or pass --config (looked for {settings.config})"
             )
-        session = VmSession(load_config(settings.config))
-        session.keep_failed = settings.keep_failed
+        lanes = VmLanes(load_config(settings.config), keep_failed=settings.keep_failed)
         try:
-            yield VmLanes(session)
+            yield lanes
         finally:
-            session.close()
+            lanes.close()
         return
     raise ConfigError(f"unknown guest {settings.guest!r} (known: {', '.join(GUESTS)})")
 

@@ -73,6 +73,11 @@ class Guest(ABC):
         self.stop_later: Callable[[Callable[[], None]], None] | None = None
 
     @property
+    def location(self) -> str:
+        """Where this guest runs, for the reports (a VM host's libvirt URI; "" for this machine)."""
+        return ""
+
+    @property
     def raw_log(self) -> Path:
         """The kernel log exactly as the guest produced it, written as it arrives."""
         return self.run_dir / "kernel-raw.log"

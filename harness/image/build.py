@@ -15,22 +15,27 @@ one that lacks a setting it needs.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
 
 from harness.errors import ConfigError, GuestError, HarnessError
-from harness.guests.libvirt_vm.domain_xml import DomainSpec
-from harness.guests.libvirt_vm.host import LocalHost, VmHost, parse_remote_uri
+from harness.guests.libvirt_vm.config import VmSettings
+from harness.guests.libvirt_vm.host import parse_remote_uri
+from harness.guests.libvirt_vm.spec import vm_spec
 from harness.guests.libvirt_vm.vm import VirtualMachine, detect_accel, new_name
 from harness.image.answer import PROGRESS_PREFIX, SETTINGS, ImageOptions, answer_files, expected_settings
 from harness.image.iso import make_iso
+from harness.image.manifest import (
+    REQUIRED_SETTINGS,
+    TRANSPORT_SETTINGS,
+    Manifest,
+    manifest_path,
+)
 from harness.kd.serial import Endpoint, TextSerialReader
 from harness.kernel.events import Event, LogLine
 from harness.secrets import Secret
@@ -38,17 +43,6 @@ from harness.timeline import Timeline
 
 log = logging.getLogger(__name__)
 
-#: What the harness needs of every image, and of the transport it talks over (harness.yaml transport.type).
-COMMON_SETTINGS = ("upload-folder", "device-encryption-off", "testsigning", "kernel-debug-serial", "debug-print-filter", "crash-dump")
-TRANSPORT_SETTINGS = {"winrm": ("winrm", "winrm-firewall"), "ssh": ("openssh", "ssh-firewall")}
-
-
-def required_settings(transport: Literal["winrm", "ssh"] = "winrm") -> tuple[str, ...]:
-    """The verified settings an image must have for the harness to use it over ``transport``."""
-    return TRANSPORT_SETTINGS[transport] + COMMON_SETTINGS
-
-
-REQUIRED_SETTINGS = required_settings("winrm")
 KEY_ENTER = 28  # Linux keycode: "Press any key to boot from CD or DVD"
 
 
@@ -75,55 +69,6 @@ class BuildRequest:
     openssh: Path | None = None  # the Win32-OpenSSH installer options.openssh describes (with options.ssh)
     # The Linux stand-in guest boots directly instead of the installer (tests of this flow).
     kernel: tuple[Path, Path, str] | None = None
-
-
-@dataclass
-class Manifest:
-    """What the image is and what was applied to it."""
-
-    image: str
-    sha256: str
-    size: int
-    edition: str
-    locale: str
-    windows_build: str
-    settings: list[str]  # only those whose check reported "ok"
-    created: str
-    progress: list[str] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)  # "NAME: what its check found"
-
-    def write(self, path: Path) -> None:
-        path.write_text(json.dumps(self.__dict__, indent=2) + "\n", encoding="utf-8")
-
-
-def manifest_path(image: Path) -> Path:
-    return image.with_name(image.name + ".manifest.json")
-
-
-def check_manifest(image: Path, host: VmHost | None = None, transport: Literal["winrm", "ssh"] = "winrm") -> Manifest | None:
-    """The image's manifest after checking it still describes the file (None when there is none).
-
-    ``host``: the machine the image is on (default: this one); ``transport``: how the harness will talk to it.
-
-    Raises:
-        ConfigError: the image changed since it was built, or lacks a setting the harness needs (named).
-    """
-    host = host or LocalHost()
-    path = manifest_path(image)
-    if not host.is_file(path):
-        return None
-    try:
-        manifest = Manifest(**json.loads(host.read_text(path)))
-    except (ValueError, TypeError) as error:
-        raise ConfigError(f"{path}: not a valid image manifest ({error})") from None
-    if manifest.size != host.size(image):
-        raise ConfigError(f"{image} changed since it was built ({path} says {manifest.size} bytes): rebuild it or remove the manifest")
-    missing = [setting for setting in required_settings(transport) if setting not in manifest.settings]
-    if missing:
-        found = dict(failure.split(": ", 1) for failure in manifest.failures if ": " in failure)
-        named = ", ".join(f"{name} ({found[name]})" if name in found else name for name in missing)
-        raise ConfigError(f"{image} was built without {named}, which the harness needs (see {path}): rebuild it")
-    return manifest
 
 
 def progress_results(lines: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -208,15 +153,19 @@ def build_image(request: BuildRequest, progress: Callable[[str], None] = print) 
         answers.unlink(missing_ok=True)
         raise GuestError(f"qemu-img could not create {request.out}: {created.stderr.strip()}")
     run = work / "run"
-    spec = DomainSpec(
-        name=work.name, memory_mib=request.memory_mib, vcpus=request.vcpus, disk=request.out,
-        domain_type="kvm" if detect_accel() == "kvm" else "qemu", firmware="uefi", ovmf_code=request.ovmf_code, nvram=request.ovmf_vars,
-        com2=run / "com2.sock", com2_log=run / "com2.log", panic="none", hyperv=True, cdroms=(request.iso, answers),
+    direct: dict[str, object] = {}
+    if request.kernel is not None:  # the stand-in in the installer's place (tests of this flow)
+        direct = {"kernel": request.kernel[0], "initrd": request.kernel[1], "cmdline": request.kernel[2]}
+    settings = VmSettings.model_validate(
+        {"uri": request.uri, "image": request.out, "memory_mib": request.memory_mib, "vcpus": request.vcpus, "firmware": "uefi",
+         "ovmf_code": request.ovmf_code, "ovmf_vars": request.ovmf_vars, "hyperv": True, **direct}
+    )  # fmt: skip
+    accel = detect_accel()
+    # One serial port (Windows may not call it COM2: the script writes to every port), an answer ISO, a TPM for Windows 11.
+    spec = vm_spec(
+        settings, work.name, run, accel, com1=None, com2=run / "com2.sock", cdroms=(request.iso, answers),
         tpm=request.options.windows11, owner_pid=os.getpid(),
     )  # fmt: skip
-    if request.kernel is not None:
-        kernel, initrd, cmdline = request.kernel
-        spec = replace(spec, kernel=kernel, initrd=initrd, cmdline=cmdline)
     vm = VirtualMachine(request.uri, spec, request.out, run)
     timeline = Timeline()
     lines: list[str] = []

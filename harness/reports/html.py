@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from harness.reports.svg import render_svg
 from harness.reports.timeline import event_row
 from harness.runner import ScenarioResult
 from harness.triage.model import Triage
@@ -24,7 +25,10 @@ td,th{border-bottom:1px solid #eee;padding:2px 6px;text-align:left;vertical-alig
 td.t{white-space:nowrap;color:#666;font-variant-numeric:tabular-nums}
 pre,td.text{font-family:ui-monospace,monospace;white-space:pre-wrap;tab-size:8}
 tr.log td.kind{color:#1565c0}tr.action td.kind{color:#2e7d32}tr.crash td{background:#f3e5f5}tr.status td.kind{color:#6d4c41}
-.message{margin:.4em 0;font-weight:600}details{margin-top:.4em}
+.message{margin:.4em 0;font-weight:600}
+table.grid{width:auto}table.grid td,table.grid th{padding:2px 10px}
+.variant{color:#555;font-weight:400}.name{color:#666}details{margin-top:.4em}
+figure.timeline{margin:.6em 0;overflow-x:auto}figure.timeline svg{display:block;max-width:100%;height:auto}
 .signature{font-family:ui-monospace,monospace;font-weight:600}tr.test td{background:#fff8e1}
 """
 
@@ -34,13 +38,18 @@ def _esc(text: object) -> str:
 
 
 def _scenario(result: ScenarioResult, out_dir: Path) -> str:
-    parts = [f'<section id="{_esc(result.id)}"><h2><span class="badge {result.outcome}">{result.outcome}</span>{_esc(result.name)}</h2>']
+    qualifiers = "".join(f' <span class="variant">{_esc(part)}</span>' for part in (result.image, result.build) if part)
+    parts = [
+        f'<section id="{_esc(result.key)}"><h2><span class="badge {result.outcome}">{result.outcome}</span>{_esc(result.name)}'
+        f"{qualifiers}</h2>"
+    ]
     parts.append(f"<div>{_esc(result.path)} &middot; guest {_esc(result.guest or '-')} &middot; {result.duration:.2f}s")
     if result.raw_log.exists():
         parts.append(f' &middot; <a href="{_esc(os.path.relpath(result.raw_log, out_dir))}">raw kernel log</a>')
     parts.append("</div>")
     if result.message:
         parts.append(f'<div class="message">{_esc(result.message)}</div>')
+    parts.append(f'<figure class="timeline">{render_svg(result)}</figure>')
     if result.crash is not None and result.crash.evidence:
         parts.append("<div>evidence:</div><pre>" + "".join(f"{_esc(line)}\n" for line in result.crash.evidence) + "</pre>")
     evidence = result.crash_evidence
@@ -101,11 +110,34 @@ def _signatures(results: Sequence[ScenarioResult]) -> str:
         return ""
     rows = "".join(
         f'<tr><td class="signature">{_esc(signature)}</td><td>{len(members)}</td><td>'
-        + ", ".join(f'<a href="#{_esc(r.id)}">{_esc(r.id)}</a>' for r in members)
+        + ", ".join(f'<a href="#{_esc(r.key)}">{_esc(r.key)}</a>' for r in members)
         + "</td></tr>"
         for signature, members in sorted(groups.items(), key=lambda item: (-len(item[1]), item[0]))
     )
     return f"<h2>Crashes and hangs by signature</h2><table><tr><th>signature</th><th>count</th><th>scenarios</th></tr>{rows}</table>"
+
+
+def _grid(results: Sequence[ScenarioResult]) -> str:
+    """Scenarios down, images (and builds, for compare) across, each cell the outcome linking to its section; "" for a
+    run with neither images nor builds."""
+    columns = list(dict.fromkeys((r.image, r.build) for r in results))
+    if columns == [(None, None)]:
+        return ""
+    rows = list(dict.fromkeys((r.id, r.name) for r in results))
+    cells = {(r.id, r.image, r.build): r for r in results}
+    head = "".join(f"<th>{_esc(' · '.join(part for part in column if part))}</th>" for column in columns)
+    body = []
+    for scenario, name in rows:
+        row = [f'<td><a href="#{_esc(scenario)}">{_esc(scenario)}</a> <span class="name">{_esc(name)}</span></td>']
+        for image, build in columns:
+            found = cells.get((scenario, image, build))
+            row.append(
+                f'<td><a href="#{_esc(found.key)}"><span class="badge {found.outcome}">{found.outcome}</span></a></td>'
+                if found is not None
+                else "<td>-</td>"
+            )
+        body.append("<tr>" + "".join(row) + "</tr>")
+    return f'<table class="grid"><tr><th>scenario</th>{head}</tr>{"".join(body)}</table>'
 
 
 def render_html(results: Sequence[ScenarioResult], out_dir: Path) -> str:
@@ -113,15 +145,20 @@ def render_html(results: Sequence[ScenarioResult], out_dir: Path) -> str:
     for result in results:
         counts[result.outcome] = counts.get(result.outcome, 0) + 1
     summary = " ".join(f'<span class="badge {outcome}">{count} {outcome}</span>' for outcome, count in sorted(counts.items()))
-    index = "".join(
-        f'<li><a href="#{_esc(r.id)}">{_esc(r.name)}</a> <span class="badge {r.outcome}">{r.outcome}</span></li>' for r in results
+    index = (
+        _grid(results)
+        or "<ul>"
+        + "".join(
+            f'<li><a href="#{_esc(r.key)}">{_esc(r.name)}</a> <span class="badge {r.outcome}">{r.outcome}</span></li>' for r in results
+        )
+        + "</ul>"
     )
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     body = "".join(_scenario(result, out_dir) for result in results)
     return (
         f"<!doctype html><html lang=en><head><meta charset=utf-8><title>kcb-harness report</title><style>{_STYLE}</style></head>"
         f"<body><h1>kcb-harness report</h1><p>{len(results)} scenarios &middot; {summary} &middot; {generated}</p>"
-        f"<ul>{index}</ul>{_signatures(results)}{body}</body></html>\n"
+        f"{index}{_signatures(results)}{body}</body></html>\n"
     )
 
 

@@ -47,7 +47,7 @@ def junit_xml(results: Sequence[ScenarioResult], suite: str = "kcb-harness") -> 
         properties = ET.SubElement(case, "properties")
         ET.SubElement(properties, "property", name="outcome", value=result.outcome)
         ET.SubElement(properties, "property", name="guest", value=result.guest)
-        for name, value in (("image", result.image), ("build", result.build)):
+        for name, value in (("image", result.image), ("build", result.build), ("host", result.host)):
             if value:
                 ET.SubElement(properties, "property", name=name, value=value)
         ET.SubElement(properties, "property", name="raw_log", value=str(result.raw_log))

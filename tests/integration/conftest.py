@@ -8,15 +8,18 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from harness.config import Settings, default_state_dir, project_root
 from harness.guests import GuestFactory, open_guests
+from harness.guests.libvirt_vm.host import free_port
 from harness.guests.wine.prefix import GuestFiles, WinePrefix, WineTools
 
 ROOT = project_root()
@@ -90,3 +93,37 @@ def running_sshd(config: Path, port: int) -> Iterator[None]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@dataclass(frozen=True)
+class VmHostSshd:
+    uri: str
+    folder: Path
+
+
+@pytest.fixture(scope="session")
+def vm_host_sshd(libvirt_uri: str) -> Iterator[VmHostSshd]:
+    folder = Path(tempfile.mkdtemp(prefix="kcb-vmhost-", dir="/var/tmp"))
+    for key in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / key)], check=True)
+    (folder / "authorized_keys").write_text((folder / "client_key.pub").read_text())
+    port = free_port()
+    config = folder / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {folder / 'host_key'}\nPidFile {folder / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {folder / 'authorized_keys'}\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "PermitRootLogin prohibit-password\nAllowUsers root\nStrictModes no\nAllowTcpForwarding local\n"
+    )
+    known_hosts = folder / "known_hosts"
+    host_key = (folder / "host_key.pub").read_text().split()
+    known_hosts.write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
+    # libvirt's ssh transport runs the ssh program, which ignores the URI's known_hosts: give it ours.
+    ssh = folder / "ssh"
+    ssh.write_text(f'#!/bin/sh\nexec ssh -o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking=yes "$@"\n')
+    ssh.chmod(0o755)
+    uri = f"qemu+ssh://root@127.0.0.1:{port}/system?keyfile={folder / 'client_key'}&known_hosts={known_hosts}&no_tty=1&command={ssh}"
+    try:
+        with running_sshd(config, port):
+            yield VmHostSshd(uri, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

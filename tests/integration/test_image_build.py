@@ -18,8 +18,9 @@ from harness.config import default_state_dir
 from harness.errors import ConfigError
 from harness.guests.libvirt_vm.standin import standin_files
 from harness.image.answer import ImageOptions, expected_settings
-from harness.image.build import BuildRequest, ImageBuildError, Manifest, build_image, check_manifest, manifest_path
+from harness.image.build import BuildRequest, ImageBuildError, build_image
 from harness.image.iso import make_iso, read_iso
+from harness.image.manifest import Manifest, check_manifest, manifest_path
 from harness.secrets import Secret
 
 pytestmark = pytest.mark.libvirt

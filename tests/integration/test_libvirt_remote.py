@@ -9,62 +9,23 @@ proves is the remote code path and its commands, not a second machine.
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from harness.guests.libvirt_vm.guest import VmSession
-from harness.guests.libvirt_vm.host import SshHost, free_port, parse_remote_uri, remote_port
+from harness.guests.libvirt_vm.host import SshHost, parse_remote_uri, remote_port
 from harness.guests.libvirt_vm.standin import standin_ssh_keys, standin_vm
 from harness.kd.serial import Endpoint, TextSerialReader
 from harness.timeline import Timeline
 from harness.transports.ssh import SshTransport
-from tests.integration.conftest import ROOT, running_sshd
+from tests.integration.conftest import ROOT, VmHostSshd
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.sshd]
 
 PREFIX = "kcbremote"
 TICK = re.compile(r"kcb-standin: tick (\d+)$")
-
-
-@dataclass(frozen=True)
-class VmHostSshd:
-    uri: str
-    folder: Path
-
-
-@pytest.fixture(scope="module")
-def vm_host_sshd(libvirt_uri: str) -> Iterator[VmHostSshd]:
-    folder = Path(tempfile.mkdtemp(prefix="kcb-vmhost-", dir="/var/tmp"))
-    for key in ("host_key", "client_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / key)], check=True)
-    (folder / "authorized_keys").write_text((folder / "client_key.pub").read_text())
-    port = free_port()
-    config = folder / "sshd_config"
-    config.write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {folder / 'host_key'}\nPidFile {folder / 'sshd.pid'}\n"
-        f"AuthorizedKeysFile {folder / 'authorized_keys'}\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-        "PermitRootLogin prohibit-password\nAllowUsers root\nStrictModes no\nAllowTcpForwarding local\n"
-    )
-    known_hosts = folder / "known_hosts"
-    host_key = (folder / "host_key.pub").read_text().split()
-    known_hosts.write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
-    # libvirt's ssh transport runs the ssh program, which ignores the URI's known_hosts: give it ours.
-    ssh = folder / "ssh"
-    ssh.write_text(f'#!/bin/sh\nexec ssh -o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking=yes "$@"\n')
-    ssh.chmod(0o755)
-    uri = f"qemu+ssh://root@127.0.0.1:{port}/system?keyfile={folder / 'client_key'}&known_hosts={known_hosts}&no_tty=1&command={ssh}"
-    try:
-        with running_sshd(config, port):
-            yield VmHostSshd(uri, folder)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def ticks(timeline: Timeline, since: int = 0) -> list[int]:

@@ -16,9 +16,10 @@ import pytest
 
 from harness.errors import ConfigError
 from harness.guests.libvirt_vm.dumps import collect_dumps, dump_names
+from harness.guests.libvirt_vm.events import crash_from_lifecycle
 from harness.guests.libvirt_vm.host import free_port
 from harness.guests.libvirt_vm.standin import standin_connector, standin_vm
-from harness.guests.libvirt_vm.vm import VirtualMachine, Watchdog, crash_from_lifecycle, remove_stale
+from harness.guests.libvirt_vm.vm import VirtualMachine, Watchdog, remove_stale
 from harness.kd.serial import Endpoint, TextSerialReader
 from harness.timeline import Timeline
 from harness.transports.commands import posix_list_files

@@ -68,6 +68,6 @@ def test_image_build_for_real(tmp_path: Path) -> None:
     )  # fmt: skip
     assert process.returncode == 0, process.stdout + process.stderr
     assert (tmp_path / "golden.qcow2.manifest.json").is_file()
-    from harness.image.build import check_manifest
+    from harness.image.manifest import check_manifest
 
     assert check_manifest(out) is not None  # every setting the harness needs was verified by the first-logon script

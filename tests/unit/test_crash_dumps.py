@@ -11,8 +11,8 @@ from harness.errors import GuestError
 from harness.guests.base import CrashEvidence
 from harness.guests.libvirt_vm.config import load_config
 from harness.guests.libvirt_vm.dumps import collect_dumps, dump_names, local_name
+from harness.guests.libvirt_vm.events import LifecycleEvent, crash_from_lifecycle
 from harness.guests.libvirt_vm.guest import VmSession
-from harness.guests.libvirt_vm.vm import LifecycleEvent, crash_from_lifecycle
 from harness.transports.base import CommandResult, Transport, TransportError
 from harness.transports.commands import MINIDUMP_DIR, list_files, posix_list_files
 

@@ -12,16 +12,8 @@ import pytest
 
 from harness.errors import ConfigError
 from harness.image.answer import ImageOptions, OpenSshInstaller, expected_settings
-from harness.image.build import (
-    REQUIRED_SETTINGS,
-    Manifest,
-    answer_media,
-    check_manifest,
-    manifest_path,
-    progress_results,
-    required_settings,
-    write_answers,
-)
+from harness.image.build import answer_media, progress_results, write_answers
+from harness.image.manifest import REQUIRED_SETTINGS, Manifest, check_manifest, manifest_path, required_settings
 from harness.image.openssh import inspect_installer
 
 

@@ -47,7 +47,9 @@ def test_relative_paths_are_taken_from_the_file(tmp_path: Path) -> None:
         ("memory_mib: 2048", "memory_mib: lots", 3, "vm.memory_mib", "valid integer"),
         ("type: winrm", "type: telnet", 6, "transport.type", "'winrm' or 'ssh'"),
         ("  password_env: KCB_TEST_PASSWORD\n", "", 5, "transport", "password_env"),
-        ("  image: images/win10.qcow2\n", "", 1, "vm.image", "required"),
+        ("  image: images/win10.qcow2\n", "", 1, "", "give vm.image (the golden image) or images:"),
+        ("  memory_mib: 2048", "  memory_mib: 2048\n  hosts: [{uri: 'http://x'}]", 4, "vm.hosts[0].uri", "libvirt URI"),
+        ("  memory_mib: 2048", "  memory_mib: 2048\n  hosts: [{uri: 'qemu:///system', slots: 0}]", 4, "vm.hosts[0].slots", "greater"),
         ("  memory_mib: 2048", "  memory_mib: 2048\n  colour: blue", 4, "vm.colour", "unknown key"),
         ("type: winrm", "type: ssh", 5, "transport", "known_hosts"),
         ("type: winrm", "type: winrm\n  scheme: http\n  auth: basic", 5, "transport", "in clear"),
@@ -85,3 +87,20 @@ def test_password_file(tmp_path: Path) -> None:
     assert load_secret(None, tmp_path / "pw", "x") == Secret("s3cret")
     with pytest.raises(ConfigError, match="cannot read"):
         load_secret(None, tmp_path / "missing", "x")
+
+
+def test_an_image_matrix_and_a_pool_of_vm_hosts(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        "  image: images/win10.qcow2\n", "  hosts:\n    - {uri: 'qemu:///system', slots: 2}\n    - {uri: 'qemu+ssh://root@vmhost/system'}\n"
+    )
+    text += "images:\n  win10: images/win10.qcow2\n  win11: /srv/win11.qcow2\n"
+    config = load_config(write(tmp_path, text))
+    assert config.image_names == ["win10", "win11"]
+    assert [(host.uri, host.slots) for host in config.vm.pool] == [("qemu:///system", 2), ("qemu+ssh://root@vmhost/system", 1)]
+    lane = config.on("qemu+ssh://root@vmhost/system", "win10")
+    assert lane.vm.uri == "qemu+ssh://root@vmhost/system" and lane.vm.golden == tmp_path / "images" / "win10.qcow2"
+    assert config.on("qemu:///system", "win11").vm.golden == Path("/srv/win11.qcow2")
+    with pytest.raises(ConfigError, match="no image named 'win12'.*win10, win11"):
+        config.on("qemu:///system", "win12")
+    single = load_config(write(tmp_path, GOOD))
+    assert single.image_names == [None] and [host.uri for host in single.vm.pool] == [single.vm.uri]

@@ -12,6 +12,7 @@ import pytest
 from harness.errors import GuestError, GuestHung
 from harness.guests.base import DriverInstall
 from harness.guests.libvirt_vm.guest import LibvirtGuest, VmSession
+from harness.guests.libvirt_vm.shell import WindowsShell
 from harness.timeline import Timeline
 from harness.transports.base import CommandResult, CommandTimeout, Transport, TransportError
 
@@ -34,7 +35,7 @@ class FailingTransport(Transport):
 
 
 def guest_with(transport: Transport, tmp_path: Path) -> LibvirtGuest:
-    guest = LibvirtGuest(Timeline(), tmp_path, cast(VmSession, None))
+    guest = LibvirtGuest(Timeline(), tmp_path, cast(VmSession, SimpleNamespace(shell=WindowsShell("C:\\kcb"))))
     guest.transport = transport
     return guest
 
@@ -79,7 +80,7 @@ class RecordingTransport(Transport):
 def test_the_upload_folder_is_created_before_the_first_upload(tmp_path: Path) -> None:
     # SFTP does not create the folder it writes into (an image prepared by hand may lack it).
     transport = RecordingTransport()
-    session = SimpleNamespace(config=SimpleNamespace(guest_dir="C:\\kcb tests"))
+    session = SimpleNamespace(shell=WindowsShell("C:\\kcb tests"))
     guest = LibvirtGuest(Timeline(), tmp_path, cast(VmSession, session))
     guest.transport = transport
     image = tmp_path / "receiver.sys"

@@ -12,7 +12,8 @@ import pytest
 
 from harness.errors import GuestError
 from harness.guests.libvirt_vm.domain_xml import DomainSpec
-from harness.guests.libvirt_vm.vm import VirtualMachine, new_name, parse_panic_log, remove_stale, retarget_saved_xml
+from harness.guests.libvirt_vm.events import parse_panic_log
+from harness.guests.libvirt_vm.vm import VirtualMachine, new_name, remove_stale, retarget_saved_xml
 
 URI = "test:///default"
 

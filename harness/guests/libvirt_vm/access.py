@@ -42,8 +42,9 @@ def folders_on_the_way(paths: Iterable[Path]) -> list[str]:
     return folders
 
 
-# One command on the VM host: the first folder the QEMU user cannot pass through, if any.
-_PROBE = 'for d; do test -x "$d" || { echo "$d"; exit 0; }; done'
+# One command on the VM host: the first existing folder the QEMU user cannot pass through, if any (a folder that does
+# not exist yet is made by the harness, open to it).
+_PROBE = 'for d; do [ -e "$d" ] || continue; test -x "$d" || { echo "$d"; exit 0; }; done'
 
 
 def check_reachable(host: VmHost, uri: str, paths: Iterable[Path]) -> None:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from harness.config import default_state_dir
 from harness.durations import parse_duration
-from harness.errors import ConfigFileError
+from harness.errors import ConfigError, ConfigFileError
 from harness.secrets import Secret, load_secret
 from harness.yamlfile import parse_yaml, read_text, validate
 
@@ -24,11 +24,32 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class HostSettings(_Strict):
+    """A VM host of the pool: a libvirt URI and how many VMs may run there at once."""
+
+    uri: str
+    slots: int = Field(default=1, ge=1, le=64)
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        return _libvirt_uri(value)
+
+
+def _libvirt_uri(value: str) -> str:
+    if not value.startswith(("qemu:///", "qemu+ssh://", "test:///")):
+        raise ValueError("expected a libvirt URI such as qemu:///system or qemu+ssh://host/system")
+    return value
+
+
 class VmSettings(_Strict):
     """The VM: where libvirt is, the golden image, the hardware."""
 
     uri: str = "qemu:///system"
-    image: Path
+    # A pool of VM hosts, each with VM slots: scenarios run on as many VMs at once as there are slots (harness run -j).
+    # Default: one slot on `uri`. Every host has the golden images at the same paths.
+    hosts: list[HostSettings] = Field(default_factory=list)
+    image: Path | None = None  # the golden image (or name several under `images:` at the top level)
     name_prefix: str = Field(default="kcb", pattern=r"^[a-z][a-z0-9-]{0,15}$")
     memory_mib: int = Field(default=4096, ge=128)
     vcpus: int = Field(default=2, ge=1, le=64)
@@ -54,6 +75,12 @@ class VmSettings(_Strict):
     stacks_timeout: float = 60.0
     ready_timeout: float = 900.0
     watchdog: float = 300.0  # seconds of serial silence with no CPU progress before a scenario is "hung"
+    # The guest: Windows, or the project's Linux stand-in (tests of the VM path without Windows: a kernel booted
+    # directly, plain text on COM1, POSIX commands over SSH, a service-control double; see standin-guest/).
+    guest_os: Literal["windows", "standin"] = "windows"
+    kernel: Path | None = None  # a kernel booted directly (with initrd and cmdline) instead of the disk's boot loader
+    initrd: Path | None = None
+    cmdline: str = ""
 
     @property
     def vm_dir(self) -> Path:
@@ -65,12 +92,34 @@ class VmSettings(_Strict):
     def _duration(cls, value: object) -> float:
         return parse_duration(value)
 
+    @model_validator(mode="after")
+    def _direct_boot(self) -> VmSettings:
+        if (self.kernel is None) != (self.initrd is None):
+            raise ValueError("kernel and initrd go together")
+        if self.guest_os == "standin" and self.kernel is None:
+            raise ValueError("the stand-in guest boots its kernel directly: give kernel and initrd (make standin builds them)")
+        return self
+
     @field_validator("uri")
     @classmethod
     def _uri(cls, value: str) -> str:
-        if not value.startswith(("qemu:///", "qemu+ssh://", "test:///")):
-            raise ValueError("expected a libvirt URI such as qemu:///system or qemu+ssh://host/system")
-        return value
+        return _libvirt_uri(value)
+
+    @property
+    def golden(self) -> Path:
+        """The golden image this VM starts from.
+
+        Raises:
+            ConfigError: none given (with named ``images``, a VM is for one of them: ``HarnessConfig.on``).
+        """
+        if self.image is None:
+            raise ConfigError("no golden image for this VM (vm.image, or one of images: chosen with --image)")
+        return self.image
+
+    @property
+    def pool(self) -> list[HostSettings]:
+        """The VM hosts and their slots (``hosts``, else one slot on ``uri``)."""
+        return self.hosts or [HostSettings(uri=self.uri, slots=1)]
 
 
 class TransportSettings(_Strict):
@@ -128,12 +177,40 @@ class TransportSettings(_Strict):
         return load_secret(self.password_env, self.password_file, "transport password")
 
 
+ImageName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")]
+
+
 class HarnessConfig(_Strict):
     """The whole file."""
 
     vm: VmSettings
     transport: TransportSettings = Field(default_factory=lambda: TransportSettings(password_env="KCB_GUEST_PASSWORD"))
     guest_dir: str = Field(default="C:\\kcb", pattern=r"^[A-Za-z]:\\[A-Za-z0-9_\\.-]*$")
+    # Golden images by name (an image matrix: every scenario runs on each; `harness run --image NAME` picks some).
+    images: dict[ImageName, Path] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _an_image(self) -> HarnessConfig:
+        if self.vm.image is None and not self.images:
+            raise ValueError("give vm.image (the golden image) or images: {name: path, ...}")
+        return self
+
+    @property
+    def image_names(self) -> list[str | None]:
+        """The images scenarios can run on: the named ones, else the one ``vm.image`` (None)."""
+        return list(self.images) or [None]
+
+    def on(self, uri: str, image: str | None) -> HarnessConfig:
+        """This configuration for one VM of the pool: on host ``uri``, from golden image ``image`` (None: ``vm.image``).
+
+        Raises:
+            ConfigError: no such image.
+        """
+        if image is not None and image not in self.images:
+            known = ", ".join(self.images) or "none: this configuration has only vm.image"
+            raise ConfigError(f"no image named {image!r} in the configuration (images: {known})")
+        path = self.images[image] if image is not None else self.vm.image
+        return self.model_copy(update={"vm": self.vm.model_copy(update={"uri": uri, "image": path})})
 
 
 def load_config(path: Path) -> HarnessConfig:
@@ -148,6 +225,7 @@ def load_config(path: Path) -> HarnessConfig:
         raise ConfigFileError(path, 1, "", "expected a mapping with vm: and transport:")
     config = validate(HarnessConfig, data, lines, path, ConfigFileError)
     base = path.parent.resolve()
-    paths = ("image", "work_dir", "ovmf_code", "ovmf_vars")
+    paths = ("image", "work_dir", "ovmf_code", "ovmf_vars", "kernel", "initrd")
     vm = config.vm.model_copy(update={name: base / getattr(config.vm, name) for name in paths if getattr(config.vm, name) is not None})
-    return config.model_copy(update={"vm": vm})
+    images = {name: base / image for name, image in config.images.items()}
+    return config.model_copy(update={"vm": vm, "images": images})

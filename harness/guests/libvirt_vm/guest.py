@@ -34,34 +34,23 @@ from pathlib import Path
 from harness.errors import ConfigError, GuestError
 from harness.guests.base import ControlResult, CrashEvidence, DriverInstall, Guest
 from harness.guests.libvirt_vm.config import HarnessConfig
-from harness.guests.libvirt_vm.domain_xml import DomainSpec, PortForward
+from harness.guests.libvirt_vm.domain_xml import PortForward
 from harness.guests.libvirt_vm.dumps import collect_dumps, dump_names, with_headers
+from harness.guests.libvirt_vm.events import LifecycleEvent, crash_from_lifecycle
 from harness.guests.libvirt_vm.handoff import KdHandoff, wait_released
 from harness.guests.libvirt_vm.host import LocalHost, VmHost, free_port, parse_remote_uri, remote_port, vm_host
-from harness.guests.libvirt_vm.vm import (
-    LifecycleEvent,
-    VirtualMachine,
-    Watchdog,
-    crash_from_lifecycle,
-    detect_accel,
-    new_name,
-    remove_stale,
-)
+from harness.guests.libvirt_vm.shell import GuestShell, StandinShell, WindowsShell
+from harness.guests.libvirt_vm.spec import vm_spec
+from harness.guests.libvirt_vm.vm import VirtualMachine, Watchdog, detect_accel, new_name, remove_stale
+from harness.image.manifest import check_manifest
 from harness.kd.serial import Endpoint, KdSerialReader, SerialReader, TextSerialReader
 from harness.kd.session import MANUALLY_INITIATED_CRASH
 from harness.kernel.events import DebugEvent, Event, GuestCrash, GuestHang, LogLine
 from harness.timeline import Cancelled, Timeline
 from harness.transports.base import Transport, TransportError, connect_with_retries
 from harness.transports.commands import (
-    MINIDUMP_DIR,
-    create_service,
-    list_files,
     powershell,
-    ps_literal,
     sc_error,
-    sc_script,
-    set_parameters,
-    stop_driver,
     verifier_script,
 )
 
@@ -116,43 +105,28 @@ class VmSession:
         run = work / "run"
         com1: Path | int = remote_port() if remote else run / "com1.sock"
         com2: Path | int = remote_port() if remote else run / "com2.sock"
-        spec = DomainSpec(
-            name=work.name,
-            memory_mib=settings.memory_mib,
-            vcpus=settings.vcpus,
-            disk=settings.image,
-            domain_type=("kvm" if detect_accel(self.host) == "kvm" else "qemu")
-            if settings.accel == "auto"
-            else ("kvm" if settings.accel == "kvm" else "qemu"),
-            firmware=settings.firmware,
-            ovmf_code=settings.ovmf_code,
-            nvram=settings.ovmf_vars,
-            com1=com1,
-            com1_log=run / "com1-kd.raw",
-            com2=com2 if settings.text_serial else None,
-            com2_log=run / "com2.log" if settings.text_serial else None,
-            panic="hyperv" if settings.hyperv and not settings.crash_dumps else "none",
-            hyperv=settings.hyperv,
-            forwards=(PortForward(self.host_port, config.transport.port),),
-        )
-        self.vm = VirtualMachine(settings.uri, replace(spec, owner_pid=os.getpid()), settings.image, run, host=self.host)
+        accel = detect_accel(self.host, settings.accel)
+        spec = vm_spec(
+            settings, work.name, run, accel, com1=com1, com2=com2, forwards=(PortForward(self.host_port, config.transport.port),),
+            owner_pid=os.getpid(),
+        )  # fmt: skip
+        self.vm = VirtualMachine(settings.uri, spec, settings.golden, run, host=self.host)
         # The serial captures of the boots outside scenarios (prepare, Driver Verifier), on this machine; kept after
         # the run (close() removes only the VM's run folder).
         self.log_dir = work
         self.prepared = False
         self.keep_failed = False  # --keep-failed: hold a failed VM for a debugger (LibvirtGuest.hold_failed)
-        self.dump_listing = powershell(list_files(MINIDUMP_DIR, "*.dmp"))
+        self.shell: GuestShell = StandinShell() if settings.guest_os == "standin" else WindowsShell(config.guest_dir)
+        self.dump_listing = self.shell.list_dumps()
         self.known_dumps: tuple[str, ...] = ()  # in the ready snapshot already: not this scenario's
 
     def _check_files(self) -> None:
         settings = self.config.vm
         where = "" if isinstance(self.host, LocalHost) else f" on {self.host.name}"
-        if not self.host.is_file(settings.image):
-            raise ConfigError(f"the Windows golden image {settings.image} does not exist{where}: {IMAGE_HELP}")
-        from harness.image.build import check_manifest
-
-        if check_manifest(settings.image, self.host, self.config.transport.type) is None:
-            log.warning("%s has no manifest (prepared by hand?): its settings are not checked", settings.image)
+        if not self.host.is_file(settings.golden):
+            raise ConfigError(f"the Windows golden image {settings.golden} does not exist{where}: {IMAGE_HELP}")
+        if settings.guest_os == "windows" and check_manifest(settings.golden, self.host, self.config.transport.type) is None:
+            log.warning("%s has no manifest (prepared by hand?): its settings are not checked", settings.golden)
         if settings.firmware == "uefi" and not self.host.is_file(settings.ovmf_code):
             raise ConfigError(f"UEFI firmware {settings.ovmf_code} not found{where}: apt-get install ovmf (or set vm.ovmf_code)")
 
@@ -178,7 +152,13 @@ class VmSession:
         """
         spec = self.vm.spec
         assert spec.com1 is not None
-        readers: list[SerialReader] = [KdSerialReader(self.serial_endpoint(spec.com1), timeline, folder / "kd-raw.log")]
+        com1 = self.serial_endpoint(spec.com1)
+        readers: list[SerialReader] = [
+            # The stand-in writes its kernel log on COM1 as plain text; Windows speaks KDCOM there.
+            TextSerialReader(com1, timeline, folder / "kd-raw.log", source="kernel")
+            if self.config.vm.guest_os == "standin"
+            else KdSerialReader(com1, timeline, folder / "kd-raw.log")
+        ]
         if spec.com2 is not None:
             readers.append(TextSerialReader(self.serial_endpoint(spec.com2), timeline, folder / "com2.log", source="com2"))
         try:
@@ -229,7 +209,7 @@ class VmSession:
             return SshTransport(
                 "127.0.0.1", self.local_port(self.host_port), settings.username, password=self.password, private_key=settings.private_key,
                 known_hosts=settings.known_hosts, accept_new_host_key=settings.accept_new_host_key,
-                host_key_alias=settings.host_key_alias, timeout=settings.timeout,
+                host_key_alias=settings.host_key_alias, timeout=settings.timeout, remote=self.shell.remote,
             )  # fmt: skip
         from harness.transports.winrm import WinRmTransport
 
@@ -265,6 +245,8 @@ class VmSession:
         Raises:
             GuestError: verifier.exe refused, or the guest did not come back.
         """
+        if self.config.vm.guest_os != "windows":
+            raise GuestError("Driver Verifier needs a Windows guest")
         timeout = self.config.vm.ready_timeout
         self.vm.revert(paused=True)
         with self._phase(name):  # attached across the reboot: the new kernel finds its debugger
@@ -308,6 +290,10 @@ class LibvirtGuest(Guest):
     def raw_log(self) -> Path:
         return self.run_dir / "kd-raw.log"
 
+    @property
+    def location(self) -> str:
+        return self.session.config.vm.uri
+
     def _on_lifecycle(self, event: LifecycleEvent) -> None:
         if self.forced_dump and event.event == "rebooted":
             return  # the restart after the dump the harness asked for at a hang: not a crash
@@ -320,7 +306,7 @@ class LibvirtGuest(Guest):
         vm = self.session.vm
         self.session.prepare()
         vm.revert(paused=True, name=self._snapshot_name())  # may reboot the VM once (Driver Verifier): not a crash
-        vm.listeners.append(self._on_lifecycle)
+        vm.lifecycle.add_listener(self._on_lifecycle)
         # Attached until stop(): through the restart after a crash too (collect_crash_evidence runs before stop()).
         self.readers = self.session.attach_readers(self.timeline, self.run_dir)
         vm.resume()
@@ -449,41 +435,40 @@ class LibvirtGuest(Guest):
         for reader in self.readers:
             reader.stop()
         self.readers.clear()
-        listeners = self.session.vm.listeners
-        if self._on_lifecycle in listeners:
-            listeners.remove(self._on_lifecycle)
+        self.session.vm.lifecycle.remove_listener(self._on_lifecycle)
 
-    def _run(self, script: str, timeout: float) -> tuple[int, str]:
+    def _run(self, command: str, timeout: float) -> tuple[int, str]:
         if self.transport is None:
             raise GuestError("the VM guest is not started")
-        result = self.transport.run(powershell(script), timeout)  # CommandTimeout is a GuestHung: a stuck command is a hang
+        result = self.transport.run(command, timeout)  # CommandTimeout is a GuestHung: a stuck command is a hang
         return result.exit_code, result.stdout + result.stderr
 
     def install(self, driver: DriverInstall, timeout: float) -> None:
         if self.transport is None:
             raise GuestError("the VM guest is not started")
-        folder = self.session.config.guest_dir
+        shell = self.session.shell
         if not self.upload_folder_ready:  # SFTP does not create the folder it writes into
-            code, output = self._run(f"New-Item -ItemType Directory -Force -Path {ps_literal(folder)} | Out-Null", timeout)
+            code, output = self._run(shell.make_folder(), timeout)
             if code != 0:
-                raise GuestError(f"creating {folder} failed: {output.strip()[:300]}")
+                raise GuestError(f"creating {shell.folder} failed: {output.strip()[:300]}")
             self.upload_folder_ready = True
-        remote = f"{folder}\\{driver.service}.sys"
+        remote = shell.path(f"{driver.service}.sys")
         reader = self._kd_reader()
         if reader is not None:  # the kernel debugger unwinds through this driver with the file's unwind data
             reader.add_image(self.module_name(driver), driver.image)
         self.transport.upload(driver.image, remote, timeout)
-        code, output = self._run(create_service(driver.service, remote), timeout)
+        code, output = self._run(shell.create_service(driver.service, remote), timeout)
         if code != 0:
             raise GuestError(f"sc create {driver.service} failed: {output.strip()[:300]}")
-        code, output = self._run(set_parameters(driver.service, dict(driver.parameters)), timeout)
+        code, output = self._run(shell.set_parameters(driver.service, driver.parameters), timeout)
         if code != 0:
             raise GuestError(f"setting Parameters of {driver.service} failed: {output.strip()[:300]}")
 
     def _control(self, verb: str, service: str, timeout: float) -> ControlResult:
         started = self.timeline.now()
-        script = sc_script("start", service) if verb == "start" else stop_driver(service, max(int(timeout) - 5, 1))
-        code, output = self._run(script, timeout)
+        shell = self.session.shell
+        command = shell.start(service) if verb == "start" else shell.stop(service, max(int(timeout) - 5, 1))
+        code, output = self._run(command, timeout)
         win32 = sc_error(output, code)
         status: int | None = None
         if verb == "start":

@@ -67,11 +67,21 @@ def parse_remote_uri(uri: str) -> RemoteUri | None:
     return RemoteUri(parts.hostname, parts.port or 22, user, path("keyfile"), path("known_hosts"))
 
 
+_handed_out: set[int] = set()
+_ports_lock = threading.Lock()
+
+
 def free_port() -> int:
-    """A free port on this machine's loopback."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A free port on this machine's loopback, never one this process handed out before (VMs of a pool start at once,
+    and a port is only taken when QEMU binds it)."""
+    with _ports_lock:
+        while True:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = int(probe.getsockname()[1])
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
 
 
 def remote_port() -> int:

@@ -14,6 +14,7 @@ writes one to the raw disk and resets; the next boot moves it to /dumps).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -22,8 +23,10 @@ from typing import Literal
 
 from harness.config import project_root
 from harness.errors import GuestError
-from harness.guests.libvirt_vm.domain_xml import DomainSpec, PortForward
-from harness.guests.libvirt_vm.host import parse_remote_uri, remote_port, vm_host
+from harness.guests.libvirt_vm.config import VmSettings
+from harness.guests.libvirt_vm.domain_xml import PortForward
+from harness.guests.libvirt_vm.host import LocalHost, parse_remote_uri, remote_port, vm_host
+from harness.guests.libvirt_vm.spec import vm_spec
 from harness.guests.libvirt_vm.vm import VirtualMachine, detect_accel, new_name
 from harness.transports.base import Transport, connect_with_retries
 from harness.transports.ssh import SshTransport
@@ -73,6 +76,19 @@ def standin_connector(port: int, known_hosts: Path, pause: float = 1.0) -> Calla
     return lambda timeout: connect_with_retries(open_transport, timeout, "the stand-in's sshd", pause=pause)
 
 
+def standin_settings(
+    uri: str, image: Path, kernel: Path, initrd: Path, arguments: str, firmware: Literal["uefi", "bios"] = "uefi", **more: object
+) -> VmSettings:
+    """The VM settings of the stand-in guest (256 MiB, one vCPU, its kernel booted directly with ``arguments``)."""
+    return VmSettings.model_validate(
+        {
+            "uri": uri, "image": image, "memory_mib": 256, "vcpus": 1, "firmware": firmware, "ovmf_code": OVMF_CODE,
+            "ovmf_vars": OVMF_VARS, "hyperv": False, "guest_os": "standin", "kernel": kernel, "initrd": initrd,
+            "cmdline": f"console=ttyS1 quiet panic=0 {arguments}", **more,
+        }
+    )  # fmt: skip
+
+
 def standin_vm(
     uri: str,
     work_dir: Path,
@@ -99,25 +115,55 @@ def standin_vm(
     golden = work_dir.parent / f"{work_dir.name}-golden.qcow2"
     if not host.exists(golden):
         host.run(["qemu-img", "create", "-q", "-f", "qcow2", str(golden), "16M"])
-    spec = DomainSpec(
-        name=new_name(prefix),
-        memory_mib=256,
-        vcpus=1,
-        disk=golden,
-        domain_type="kvm" if detect_accel(host) == "kvm" else "qemu",
-        firmware=firmware,
-        ovmf_code=OVMF_CODE if firmware == "uefi" else None,
-        nvram=OVMF_VARS if firmware == "uefi" else None,
-        kernel=kernel,
-        initrd=initrd,
-        cmdline=f"console=ttyS1 quiet panic=0 kcb.mode={mode}",
-        com1=remote_port() if remote else run / "com1.sock",
-        com1_log=run / "com1.log",
-        com2=remote_port() if remote else run / "com2.sock",
-        panic="isa",
-        hyperv=False,
-        owner_pid=os.getpid(),
-        owned_files=(golden,),
-        forwards=(PortForward(ssh_port, 22),) if ssh_port else (),
-    )
+    settings = standin_settings(uri, golden, kernel, initrd, f"kcb.mode={mode}", firmware)
+    com1, com2 = (remote_port(), remote_port()) if remote else (run / "com1.sock", run / "com2.sock")
+    accel = detect_accel(host)
+    spec = vm_spec(
+        settings, new_name(prefix), run, accel, com1=com1, com2=com2, forwards=(PortForward(ssh_port, 22),) if ssh_port else (),
+        owner_pid=os.getpid(), owned_files=(golden,),
+    )  # fmt: skip
     return VirtualMachine(uri, spec, golden, run, host=host)
+
+
+def standin_config(
+    folder: Path,
+    images: tuple[str, ...] = (),
+    hosts: tuple[tuple[str, int], ...] = (),
+    name_prefix: str = "kcbsuite",
+    uri: str = "qemu:///system",
+) -> Path:
+    """A harness.yaml with which `--guest libvirt` runs on the stand-in, through the very code a Windows VM gets.
+
+    ``folder`` must be where QEMU can reach (the state folder): the kernel, initramfs and golden images go there.
+    ``images``: named golden images (an image matrix; each an empty disk, the stand-in boots its kernel); none: one
+    ``vm.image``. ``hosts``: a VM host pool of (libvirt URI, slots). The guest is reached over SSH with the stand-in's
+    test key; its host key is in the known_hosts file written here, under the alias the harness files it by.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    kernel, initrd = standin_files(into=folder)
+    names = images or ("standin",)
+    disks = {name: folder / f"{name}.qcow2" for name in names}
+    for disk in disks.values():
+        if not disk.exists():
+            LocalHost().run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M"])
+    host_key, client_key = standin_ssh_keys()
+    known_hosts = folder / "known_hosts"
+    known_hosts.write_text("kcb-guest " + " ".join(host_key.read_text().split()[:2]) + "\n")
+    vm: dict[str, object] = {
+        "uri": uri, "name_prefix": name_prefix, "memory_mib": 256, "vcpus": 1, "hyperv": False, "guest_os": "standin",
+        "kernel": str(kernel), "initrd": str(initrd), "cmdline": "console=ttyS1 quiet panic=0 kcb.mode=ssh",
+        "work_dir": str(folder / "vm"), "ready_timeout": "180s", "watchdog": "60s", "dump_timeout": "180s",
+    }  # fmt: skip
+    if hosts:
+        vm["hosts"] = [{"uri": host, "slots": slots} for host, slots in hosts]
+    config: dict[str, object] = {
+        "vm": vm,
+        "transport": {"type": "ssh", "username": "root", "private_key": str(client_key), "known_hosts": str(known_hosts)},
+    }
+    if images:
+        config["images"] = {name: str(disk) for name, disk in disks.items()}
+    else:
+        vm["image"] = str(disks["standin"])
+    path = folder / "harness.yaml"
+    path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")  # JSON is YAML
+    return path

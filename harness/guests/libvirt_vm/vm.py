@@ -24,110 +24,31 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from harness.errors import GuestError
 from harness.guests.libvirt_vm.access import check_reachable
 from harness.guests.libvirt_vm.domain_xml import DomainSpec, domain_xml, owner_of
+from harness.guests.libvirt_vm.events import DomainEvents, LifecycleEvent, libvirt_module, start_event_loop
 from harness.guests.libvirt_vm.host import LocalHost, VmHost, vm_host
-from harness.kernel.events import GuestCrash
 
 log = logging.getLogger(__name__)
 
-_event_loop_started = False
-_event_loop_lock = threading.Lock()
 
-
-def libvirt_module() -> Any:
-    try:
-        import libvirt
-    except ImportError:
-        raise GuestError("libvirt-python is not installed: run `make setup` (pip install libvirt-python needs libvirt-dev)") from None
-    # libvirt prints every error to stderr by default; ours are raised (or expected) instead.
-    libvirt.registerErrorHandler(lambda context, error: None, None)
-    return libvirt
-
-
-def start_event_loop() -> None:
-    """libvirt's default event loop in a daemon thread (once per process, before any connection)."""
-    global _event_loop_started
-    libvirt = libvirt_module()
-    with _event_loop_lock:
-        if _event_loop_started:
-            return
-        libvirt.virEventRegisterDefaultImpl()
-
-        def run() -> None:
-            while True:
-                libvirt.virEventRunDefaultImpl()
-
-        threading.Thread(target=run, daemon=True, name="libvirt-events").start()
-        _event_loop_started = True
-
-
-def detect_accel(host: VmHost | None = None) -> str:
-    """``kvm`` when the VM host has /dev/kvm and a CPU with vmx or svm, else ``qemu`` (TCG).
+def detect_accel(host: VmHost | None = None, setting: Literal["auto", "kvm", "tcg"] = "auto") -> Literal["kvm", "qemu"]:
+    """The libvirt domain type for ``setting``: with ``auto``, ``kvm`` when the VM host has /dev/kvm and a CPU with
+    vmx or svm, else ``qemu`` (TCG).
 
     libvirt may advertise KVM where 64-bit guests do not boot (nested PVM), so the CPU flags decide.
     """
+    if setting != "auto":
+        return "kvm" if setting == "kvm" else "qemu"
     host = host or LocalHost()
     flags = host.read_text(Path("/proc/cpuinfo"))
     has_virt = re.search(r"^flags\s*:.*\b(vmx|svm)\b", flags, re.MULTILINE) is not None
     return "kvm" if has_virt and host.exists(Path("/dev/kvm")) else "qemu"
-
-
-_PANIC = re.compile(
-    r"panic hyper-v: arg1='0x([0-9a-f]+)', arg2='0x([0-9a-f]+)', arg3='0x([0-9a-f]+)', arg4='0x([0-9a-f]+)', arg5='0x([0-9a-f]+)'"
-)
-
-
-def parse_panic_log(text: str) -> tuple[int, tuple[int, int, int, int]] | None:
-    """The bugcheck code and parameters from libvirt's domain log (Hyper-V crash MSRs), if any."""
-    matches = _PANIC.findall(text)
-    if not matches:
-        return None
-    values = [int(value, 16) for value in matches[-1]]
-    return values[0], (values[1], values[2], values[3], values[4])
-
-
-@dataclass(frozen=True)
-class LifecycleEvent:
-    """A libvirt lifecycle event of our domain."""
-
-    t: float
-    event: str
-    detail: int
-
-
-def crash_from_lifecycle(event: LifecycleEvent, t: float, domain_log: Callable[[], str]) -> GuestCrash | None:
-    """The crash a lifecycle event of a scenario's VM means, if any.
-
-    ``crashed`` is libvirt's panic event (Hyper-V crash MSRs or pvpanic; the code is in the domain log);
-    ``rebooted`` is a reset the guest asked for, which no scenario step does: Windows restarting after a
-    bugcheck (AutoReboot on, after writing its dump).
-    """
-    if event.event == "crashed":
-        panic = parse_panic_log(domain_log())
-        code, params = (panic[0], panic[1]) if panic else (None, ())
-        return GuestCrash(t, "the VM crashed (libvirt panic event)", code, params)
-    if event.event == "rebooted":
-        return GuestCrash(t, "the guest restarted on its own (a bugcheck with automatic restart?)")
-    return None
-
-
-_EVENT_NAMES = {
-    0: "defined",
-    1: "undefined",
-    2: "started",
-    3: "suspended",
-    4: "resumed",
-    5: "stopped",
-    6: "shutdown",
-    7: "pmsuspended",
-    8: "crashed",
-}
 
 
 class Watchdog:
@@ -192,12 +113,15 @@ class VirtualMachine:
         self.image = image
         self.work_dir = work_dir
         self.spec = spec
-        self.events: list[LifecycleEvent] = []
-        self.listeners: list[Callable[[LifecycleEvent], None]] = []
+        self.lifecycle = DomainEvents(lambda: self.spec.name)
         self._conn: Any = None
         self._dom: Any = None
-        self._callback_ids: list[int] = []
         self._generation = 0
+
+    @property
+    def events(self) -> list[LifecycleEvent]:
+        """The domain's lifecycle events so far (a copy)."""
+        return self.lifecycle.history()
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -216,24 +140,7 @@ class VirtualMachine:
             self._conn = libvirt.open(self.uri)
         except libvirt.libvirtError as error:
             raise GuestError(f"cannot connect to libvirt at {self.uri}: {error.get_error_message()}") from None
-        self._callback_ids = [
-            self._conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None),
-            # A reset the guest asked for (Windows restarting after a bugcheck, with AutoReboot on).
-            self._conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, self._on_reboot, None),
-        ]
-
-    def _on_lifecycle(self, conn: Any, dom: Any, event: int, detail: int, opaque: Any) -> None:
-        if dom.name() == self.spec.name:
-            self._record(LifecycleEvent(time.monotonic(), _EVENT_NAMES.get(event, str(event)), detail))
-
-    def _on_reboot(self, conn: Any, dom: Any, opaque: Any) -> None:
-        if dom.name() == self.spec.name:
-            self._record(LifecycleEvent(time.monotonic(), "rebooted", 0))
-
-    def _record(self, record: LifecycleEvent) -> None:
-        self.events.append(record)
-        for listener in self.listeners:
-            listener(record)
+        self.lifecycle.register(self._conn)
 
     @property
     def conn(self) -> Any:
@@ -414,10 +321,7 @@ class VirtualMachine:
         """Destroy the domain and remove every file of this run; safe to call twice."""
         self.destroy_domain()
         if self._conn is not None:
-            for callback_id in self._callback_ids:
-                with contextlib.suppress(Exception):
-                    self._conn.domainEventDeregisterAny(callback_id)
-            self._callback_ids = []
+            self.lifecycle.deregister()
             with contextlib.suppress(Exception):
                 self._conn.close()
             self._conn = None

@@ -1,0 +1,75 @@
+"""Scale-out figures on this machine (run with `make bench`), measured in one run so the ratios compare like with like.
+
+Prints, for the shipped scenarios on the embedded guest (median of --rounds rounds):
+  1. suite wall time at -j 1 and -j N (default 2), and their ratio;
+  2. the per-scenario overhead with and without the warm pool at -j 1: wall time minus the time the scenarios'
+     steps themselves took, divided by the number of scenarios (guest start and teardown, installs, reports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from harness.config import Settings  # noqa: E402
+from harness.guests import open_lanes  # noqa: E402
+from harness.runner import ScenarioResult  # noqa: E402
+from harness.scenario.loader import discover, load_scenario  # noqa: E402
+from harness.suite import Suite, expand  # noqa: E402
+
+
+def steps_time(result: ScenarioResult) -> float:
+    """How long the scenario's steps ran: from its first step's start to its last step's end."""
+    ran = [step for step in result.steps if step.state != "skipped"]
+    return ran[-1].end - ran[0].start if ran else 0.0
+
+
+def suite_round(jobs: int, warm: bool, out: Path, history: dict[str, float]) -> tuple[float, float, int]:
+    """(wall seconds, per-scenario overhead seconds, passed) of one run of the shipped scenarios, as `harness run` does it
+    (the longest items first, by the durations in ``history``, which it updates)."""
+    settings = Settings.defaults(out_dir=out)
+    scenarios = [load_scenario(path) for path in discover([ROOT / "scenarios"])]
+    with open_lanes(settings) as lanes:
+        items = expand(scenarios, {None: settings.drivers_dir})
+        started = time.monotonic()
+        results = Suite(items, lanes, out, jobs=jobs, warm=warm, history=history).run().results
+        wall = time.monotonic() - started
+    history.update({result.key: result.duration for result in results})
+    overhead = (wall * jobs - sum(steps_time(result) for result in results)) / len(results)
+    return wall, overhead, sum(result.passed for result in results)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=2, help="the parallel run's -j (default 2)")
+    args = parser.parse_args()
+    runs: dict[tuple[str, bool], list[tuple[float, float, int]]] = {("j1", True): [], ("jN", True): [], ("j1", False): []}
+    with tempfile.TemporaryDirectory() as folder:
+        history: dict[str, float] = {}
+        suite_round(1, True, Path(folder) / "warm-up", history)  # prefixes and clones made, caches warm, durations known
+        for index in range(args.rounds):  # interleaved: a slow moment of the machine hits every variant alike
+            for (label, warm), samples in runs.items():
+                jobs = 1 if label == "j1" else args.jobs
+                samples.append(suite_round(jobs, warm, Path(folder) / f"{label}-{warm}-{index}", history))
+    wall = {key: statistics.median(sample[0] for sample in samples) for key, samples in runs.items()}
+    overhead = {key: statistics.median(sample[1] for sample in samples) for key, samples in runs.items()}
+    passed = {key: min(sample[2] for sample in samples) for key, samples in runs.items()}
+    n = len(discover([ROOT / "scenarios"]))
+    print(f"shipped scenarios: {n}; medians of {args.rounds} rounds; passed in every round: {passed}")
+    print(f"suite wall time  -j 1: {wall[('j1', True)]:.1f} s   -j {args.jobs}: {wall[('jN', True)]:.1f} s   "
+          f"ratio -j {args.jobs} / -j 1: {wall[('jN', True)] / wall[('j1', True)]:.2f}")  # fmt: skip
+    cold, hot = overhead[("j1", False)], overhead[("j1", True)]
+    print(f"per-scenario overhead at -j 1   without warm pool: {cold:.2f} s   with warm pool: {hot:.2f} s")
+    print(f"  (suite wall time at -j 1 without warm pool {wall[('j1', False)]:.1f} s, with {wall[('j1', True)]:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()

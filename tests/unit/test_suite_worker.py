@@ -1,0 +1,84 @@
+"""The suite's workers with scripted in-memory guests: infra retried once with the first attempt kept, warm starts,
+every guest stopped, reports as items finish, a cancelled suite."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from harness.errors import GuestError
+from harness.guests import GuestFactory
+from harness.guests.base import Guest
+from harness.reports.store import load_dir
+from harness.scenario.loader import load_scenario
+from harness.suite import ATTEMPT, Suite, expand
+from harness.timeline import Timeline
+from tests.unit.test_runner import SCENARIO, ScriptedGuest, succeed
+
+LONG = SCENARIO.replace("  - unload: sender\n", "  - wait: 30s\n  - unload: sender\n").replace("timeout: 5s", "timeout: 60s")
+
+
+class Lanes:
+    """Scripted lanes: each guest records its lane; the first guest made on ``broken_lane`` fails to start."""
+
+    capacity: int | None = None
+    images: list[str | None] = [None]  # noqa: RUF012
+
+    def __init__(self, broken_lane: int | None = None) -> None:
+        self.broken_lane = broken_lane
+        self.guests: list[tuple[int, ScriptedGuest]] = []
+        self.lock = threading.Lock()
+
+    def factory(self, lane: int, image: str | None) -> GuestFactory:
+        def make(timeline: Timeline, run_dir: Path) -> Guest:
+            with self.lock:
+                broken = lane == self.broken_lane and not any(number == lane for number, _ in self.guests)
+                guest = (BrokenGuest if broken else ScriptedGuest)(timeline, run_dir, succeed)
+                self.guests.append((lane, guest))
+            return guest
+
+        return make
+
+
+class BrokenGuest(ScriptedGuest):
+    def start(self) -> None:
+        raise GuestError("the guest broke while starting")
+
+
+def items(tmp_path: Path, count: int, text: str = SCENARIO) -> list:  # type: ignore[type-arg]
+    drivers = tmp_path / "drivers"
+    drivers.mkdir(parents=True, exist_ok=True)
+    (drivers / "sender.sys").write_bytes(b"MZ")
+    scenarios = []
+    for index in range(count):
+        path = tmp_path / f"case-{index}.yaml"
+        path.write_text(text)
+        scenarios.append(load_scenario(path))
+    return expand(scenarios, {None: drivers})
+
+
+def test_infra_is_run_once_more_and_the_first_attempt_is_kept(tmp_path: Path) -> None:
+    lanes = Lanes(broken_lane=0)
+    outcome = Suite(items(tmp_path, 1), lanes, tmp_path / "out", jobs=1, warm=False).run()
+    assert [r.outcome for r in outcome.results] == ["passed"]
+    kept = tmp_path / "out" / "scenarios" / "case-0" / ATTEMPT
+    assert "the guest broke while starting" in (kept / "result.json").read_text()
+    assert [r.outcome for r in load_dir(tmp_path / "out")] == ["passed"]  # the report counts the retry's result
+
+
+def test_warm_workers_start_every_guest_once_and_stop_them_all(tmp_path: Path) -> None:
+    lanes = Lanes()
+    outcome = Suite(items(tmp_path, 5), lanes, tmp_path / "out", jobs=2, warm=True).run()
+    assert [r.outcome for r in outcome.results] == ["passed"] * 5
+    assert len(lanes.guests) == 5 and all(guest.started and guest.stopped for _, guest in lanes.guests)
+    assert {lane for lane, _ in lanes.guests} == {0, 1, 2, 3}  # two workers, two lanes each
+    assert (tmp_path / "out" / "junit.xml").is_file() and len(load_dir(tmp_path / "out")) == 5
+
+
+def test_a_cancelled_suite_tears_down_running_and_early_started_guests(tmp_path: Path) -> None:
+    lanes = Lanes()
+    suite = Suite(items(tmp_path, 3, LONG), lanes, tmp_path / "out", jobs=1, warm=True)
+    threading.Timer(1.0, suite.cancel, args=("test",)).start()
+    outcome = suite.run()
+    assert [r.message.startswith("interrupted") for r in outcome.results] == [True]
+    assert lanes.guests and all(guest.stopped for _, guest in lanes.guests)  # the running one and the one started early
