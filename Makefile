@@ -49,8 +49,8 @@ sign: setup build
 	$(PY) -m harness sign $(BUILD)/drivers-signed/*.sys
 
 # The Linux stand-in guest (Debian kernel + busybox initramfs) for the serial and VM tests.
-standin: host
-	standin-guest/build.sh $(BUILD)/standin
+standin: host venv drivers
+	standin-guest/build.sh $(BUILD)/standin $(BUILD)/drivers-null-deref $(abspath $(PY))
 
 run: host-run venv-run build
 	$(PY) -m harness run --out $(OUT)
@@ -71,6 +71,7 @@ bench: setup build standin
 	$(PY) benchmarks/winrm_upload.py
 	$(PY) benchmarks/triage.py
 	$(PY) benchmarks/run_step.py
+	$(PY) benchmarks/kd_triage.py
 
 # False failures per 1,000 scenario runs, idle and with both cores busy (long: see benchmarks/soak.py --help).
 soak: setup build standin

@@ -58,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--drivers", type=Path, help="folder of built driver images (default: build/drivers)")
     run.add_argument("-v", "--verbose", action="store_true", help="show every step")
     run.add_argument("--shard", metavar="K/N", help="run only shard K of N (deterministic; for a CI matrix), e.g. 2/4")
+    run.add_argument(
+        "--keep-failed",
+        action="store_true",
+        help="VM guest: hold a failed, crashed or hung VM paused with its kernel debugger link on a loopback TCP port, print "
+        "the WinDbg/kd command line to attach, and wait for Enter before going on",
+    )
     compare = commands.add_parser("compare", help="run two driver builds on the same scenarios and report what changed")
     compare.add_argument("paths", nargs="*", type=Path, help="scenario files or folders (default: scenarios/)")
     compare.add_argument("--baseline", type=Path, required=True, help="folder of the baseline build's driver images")
@@ -375,8 +381,9 @@ def _jobs(args: argparse.Namespace) -> int:
 
 def run_command(args: argparse.Namespace) -> int:
     settings = Settings.defaults(
-        out_dir=args.out, drivers_dir=args.drivers, guest=args.guest, config=args.config, symbol_dirs=tuple(args.symbols)
-    )
+        out_dir=args.out, drivers_dir=args.drivers, guest=args.guest, config=args.config, symbol_dirs=tuple(args.symbols),
+        keep_failed=args.keep_failed,
+    )  # fmt: skip
     scenarios = load_all(args.paths or [project_root() / "scenarios"])
     if not settings.drivers_dir.is_dir():
         raise ConfigError(f"drivers folder {settings.drivers_dir} does not exist: run `make build` or pass --drivers")

@@ -45,6 +45,7 @@ class Settings:
     guest: str = "wine"
     config: Path | None = None  # harness.yaml (libvirt guest)
     symbol_dirs: tuple[Path, ...] = ()  # more folders with the drivers' symbol files (the drivers' own folder comes first)
+    keep_failed: bool = False  # hold a failed VM for a kernel debugger until released (--keep-failed)
 
     @classmethod
     def defaults(cls, **overrides: object) -> Settings:

@@ -415,6 +415,9 @@ def run_set_up(prepared: SetUp, progress: Callable[[str], None] | None = None) -
                 result.crash_evidence = guest.collect_crash_evidence(run_dir / "crash")
             elif result.outcome == "hung" or isinstance(broken, GuestHung):
                 guest.report_stacks(STACKS_TIMEOUT)  # where it hangs, before the guest is torn down
+                result.crash_evidence = guest.collect_hang_evidence(run_dir / "hang")  # a dump it was made to write
+            if result.outcome != "passed" or broken is not None:
+                guest.hold_failed(f"{result.id}: {result.outcome if broken is None else broken}")  # --keep-failed
             if broken is not None:
                 raise broken
     except GuestHung as error:

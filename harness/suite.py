@@ -271,9 +271,12 @@ class Suite:
         # Each worker says when it has finished (its guests torn down). Not Thread.join: a join that Ctrl-C
         # interrupts can leave the thread looking finished in CPython 3.11 (gh-90882), and the run would end early.
         finished = [threading.Event() for _ in self._workers]
+        # Each worker's first item is handed out before any starts, so a worker that takes its next item early (to
+        # start its guest meanwhile) cannot leave another with nothing.
+        first = [self._next() for _ in self._workers]
         threads = [
-            threading.Thread(target=self._work, args=(worker, done), name=f"suite-worker-{n}")
-            for n, (worker, done) in enumerate(zip(self._workers, finished, strict=True))
+            threading.Thread(target=self._work, args=(worker, start, done), name=f"suite-worker-{n}")
+            for n, (worker, start, done) in enumerate(zip(self._workers, first, finished, strict=True))
         ]
         for thread in threads:
             thread.start()
@@ -311,10 +314,9 @@ class Suite:
         except queue.Empty:
             return None
 
-    def _work(self, worker: Worker, finished: threading.Event) -> None:
+    def _work(self, worker: Worker, index: int | None, finished: threading.Event) -> None:
         try:
-            index = self._next()
-            following = self._next()
+            following = self._next() if index is not None else None
             while index is not None and self._cancelled is None:
                 item = self.items[index]
                 if self.progress is not None:

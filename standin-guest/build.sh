@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the Linux stand-in guest from Debian packages: the distribution kernel (apt-get download,
 # not installed), busybox-static and the project's own static programs, as an initramfs.
-#   standin-guest/build.sh OUTDIR   ->  OUTDIR/vmlinuz, OUTDIR/initramfs.cpio.gz
+#   standin-guest/build.sh OUTDIR [NULL_DEREF_DRIVERS PYTHON]  ->  OUTDIR/vmlinuz, OUTDIR/initramfs.cpio.gz
+# With the null-deref driver build and the project's Python, kdtarget gets a synthetic kernel to answer a debugger's
+# reads from (OUTDIR/kd/kdmachine.bin, made by harness/kd/synthetic.py; OUTDIR/kd/ntoskrnl.exe names its frames).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=$(mkdir -p "$1" && cd "$1" && pwd)
@@ -33,6 +35,10 @@ if [ ! -s "$out/vmlinuz" ] || [ ! -s "$out/modules/load-order" ]; then
 fi
 
 gcc -static -O2 -Wall -Wextra -Werror -o "$out/kdtarget" "$here/kdtarget.c"
+rm -f "$out/kd/kdmachine.bin"
+if [ -n "${2:-}" ] && [ -n "${3:-}" ] && [ -f "$2/receiver.debug" ]; then
+  (cd "$here/.." && "$3" -m harness.kd.synthetic "$out/kd" "$2")
+fi
 
 # Test-only SSH keys of the stand-in (made here, never committed): its host key, and the key the tests log in with.
 mkdir -p "$out/ssh"
@@ -45,6 +51,7 @@ mkdir -p "$root/bin" "$root/lib/modules"
 cp /bin/busybox "$root/bin/busybox"
 cp "$here/init" "$root/init"
 cp "$out/kdtarget" "$root/kdtarget"
+[ -f "$out/kd/kdmachine.bin" ] && cp "$out/kd/kdmachine.bin" "$root/kdmachine.bin"
 cp "$out"/modules/*.ko "$out/modules/load-order" "$root/lib/modules/" 2>/dev/null || true
 # OpenSSH's sshd and sftp-server from the host (Debian 12 too), with the libraries they link.
 mkdir -p "$root/usr/sbin" "$root/usr/lib/openssh" "$root/etc/ssh" "$root/run/sshd" "$root/root" "$root/dumps"

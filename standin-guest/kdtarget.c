@@ -21,9 +21,19 @@
  *    byte: 0x62 (or a pending break-in) stops with a breakpoint state change
  *    that waits for a Continue; any other byte is thrown away.
  *
+ *  - in a stop, state-manipulation requests are answered and the stop goes on waiting
+ *    (KdpSendWaitContinue): DbgKdGetVersionApi (the version block), DbgKdGetContextApi
+ *    (the asked processor's AMD64 CONTEXT; beyond the processor count STATUS_UNSUCCESSFUL),
+ *    DbgKdReadVirtualMemoryApi (what is mapped, at most PACKET_MAX_SIZE - 56 bytes; short:
+ *    STATUS_UNSUCCESSFUL with the bytes read), DbgKdCauseBugCheckApi (a bugcheck 0xE2);
+ *    any other API: STATUS_UNSUCCESSFUL and no data. What is read comes from a synthetic
+ *    kernel written by harness/kd/synthetic.py (/kdmachine.bin): the kernel image, the
+ *    project's driver builds mapped at their bases, the module list and each processor
+ *    stopped in a call chain.
+ *
  * Modes (argv[3]):
- *   kd [N]   prints the seed's log lines (N notifications), reports a module load,
- *            stops at a breakpoint, asks a prompt and ends with the bugcheck
+ *   kd [N]   prints the seed's log lines (N notifications), reports the machine's module
+ *            loads, stops at a breakpoint, asks a prompt and ends with the machine's bugcheck
  *            sequence; its tally goes to the report port (argv[2]) as text.
  *   kdticks  boots and prints "kdticks: line N" every TICKS_PER_LINE ticks forever,
  *            reporting on argv[2] when it gives up on the debugger, each line it
@@ -55,6 +65,17 @@
 #define T_STATE_CHANGE64 7
 #define MAX_PAYLOAD 4000
 #define STATE_EXCEPTION 0x3030
+#define API_READ_MEMORY 0x3130
+#define API_GET_CONTEXT 0x3132
+#define API_CONTINUE 0x3136
+#define API_CONTINUE2 0x313C
+#define API_GET_VERSION 0x3146
+#define API_CAUSE_BUGCHECK 0x3149
+#define MANIPULATE_SIZE 56
+#define CONTEXT_SIZE 0x4D0
+#define VERSION_SIZE 40
+#define STATUS_UNSUCCESSFUL 0xC0000001u
+#define MANUALLY_INITIATED_CRASH 0xE2
 #define STATE_LOAD_SYMBOLS 0x3031
 #define API_PRINT 0x3230
 #define API_PROMPT 0x3231
@@ -79,6 +100,7 @@ static uint32_t current_id = INITIAL_ID | SYNC_BIT;
 static uint32_t remote_id = INITIAL_ID;
 static int present = 1, breakin_pending = 0, in_breakin = 0;
 static unsigned acks, resends, resets, continues, not_handled, retries, breakins, gave_up, dropped, skipped, discarded;
+static unsigned manipulates, refused, crash_requested;
 static uint64_t symbol_start = 0;
 static unsigned line_no; /* kdticks: the last line printed (or dropped) */
 static char prompt_reply[64];
@@ -95,6 +117,80 @@ static void put64(uint8_t *p, uint64_t v) { put32(p, (uint32_t)v); put32(p + 4, 
 static uint32_t get32(const uint8_t *p) { return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24; }
 static uint16_t get16(const uint8_t *p) { return p[0] | p[1] << 8; }
 static uint64_t get64(const uint8_t *p) { return get32(p) | (uint64_t)get32(p + 4) << 32; }
+
+/* The synthetic kernel (harness/kd/synthetic.py Machine.encode). */
+struct range { uint64_t address; uint32_t size; const uint8_t *data; };
+struct module { uint64_t base; uint32_t size; char path[256]; };
+static struct {
+    uint32_t processors, ranges, modules, stop, has_bugcheck, code;
+    uint64_t params[4];
+    const uint8_t *version, *contexts;
+    struct range range[64];
+    struct module module[16];
+} machine;
+
+static int load_machine(const char *path)
+{
+    static uint8_t file[4 << 20];
+    FILE *f = fopen(path, "rb");
+    size_t size, at = 8;
+    if (f == NULL)
+        return 0;
+    size = fread(file, 1, sizeof(file), f);
+    fclose(f);
+    if (size < 8 + 52 + VERSION_SIZE || memcmp(file, "KCBMACH1", 8) != 0)
+        return 0;
+    machine.processors = get32(file + at); machine.ranges = get32(file + at + 4); machine.modules = get32(file + at + 8);
+    machine.stop = get32(file + at + 12); machine.has_bugcheck = get32(file + at + 16);
+    for (int i = 0; i < 4; i++)
+        machine.params[i] = get64(file + at + 20 + 8 * i);
+    machine.code = get32(file + at + 52);
+    at += 56;
+    machine.version = file + at;
+    at += VERSION_SIZE;
+    machine.contexts = file + at;
+    at += (size_t)CONTEXT_SIZE * machine.processors;
+    if (machine.modules > 16 || machine.ranges > 64)
+        return 0;
+    for (uint32_t i = 0; i < machine.modules; i++) {
+        uint32_t length = get32(file + at + 12);
+        machine.module[i].base = get64(file + at);
+        machine.module[i].size = get32(file + at + 8);
+        at += 16;
+        if (length >= sizeof(machine.module[i].path))
+            return 0;
+        memcpy(machine.module[i].path, file + at, length);
+        machine.module[i].path[length] = 0;
+        at += length;
+    }
+    for (uint32_t i = 0; i < machine.ranges; i++) {
+        machine.range[i].address = get64(file + at);
+        machine.range[i].size = get32(file + at + 8);
+        machine.range[i].data = file + at + 12;
+        at += 12 + machine.range[i].size;
+    }
+    return at <= size;
+}
+
+/* What a debugger's read gets: the bytes up to the end of the range holding the address. */
+static uint32_t machine_read(uint64_t address, uint32_t size, uint8_t *out)
+{
+    for (uint32_t i = 0; i < machine.ranges; i++) {
+        const struct range *r = &machine.range[i];
+        if (address >= r->address && address < r->address + r->size) {
+            uint64_t left = r->address + r->size - address;
+            uint32_t n = size < left ? size : (uint32_t)left;
+            memcpy(out, r->data + (address - r->address), n);
+            return n;
+        }
+    }
+    return 0;
+}
+
+static uint64_t machine_pc(uint32_t processor)
+{
+    return processor < machine.processors ? get64(machine.contexts + (size_t)CONTEXT_SIZE * processor + 0xF8) : 0;
+}
 
 static void say(const char *format, unsigned number)
 {
@@ -303,11 +399,59 @@ static int poll_breakin(void)
     return 0;
 }
 
+/* A request in a stop: the answer (header copied from the request, status and data filled in). */
+static uint16_t answer(const struct packet *request, uint8_t *out)
+{
+    uint32_t api = get32(request->payload);
+    uint16_t size = MANIPULATE_SIZE;
+    memcpy(out, request->payload, MANIPULATE_SIZE);
+    put32(out + 8, 0);
+    manipulates++;
+    if (api == API_GET_VERSION && machine.version != NULL) {
+        memcpy(out + 16, machine.version, VERSION_SIZE);
+    } else if (api == API_GET_CONTEXT && get16(request->payload + 6) < machine.processors) {
+        memcpy(out + MANIPULATE_SIZE, machine.contexts + (size_t)CONTEXT_SIZE * get16(request->payload + 6), CONTEXT_SIZE);
+        size += CONTEXT_SIZE;
+    } else if (api == API_READ_MEMORY) {
+        uint32_t count = get32(request->payload + 24), limit = MAX_PAYLOAD - MANIPULATE_SIZE;
+        uint32_t wanted = count < limit ? count : limit;
+        uint32_t n = machine_read(get64(request->payload + 16), wanted, out + MANIPULATE_SIZE);
+        put32(out + 28, n);
+        size += (uint16_t)n;
+        if (n != wanted) {
+            put32(out + 8, STATUS_UNSUCCESSFUL);
+            refused++;
+        }
+    } else {
+        put32(out + 8, STATUS_UNSUCCESSFUL);
+        refused++;
+    }
+    return size;
+}
+
 static void wait_continue(uint8_t *payload, uint16_t size)
 {
+    static uint8_t out[MAX_PAYLOAD];
     struct packet reply;
     if (!send_wait(T_STATE_CHANGE64, payload, size, T_MANIPULATE, &reply))
         return;
+    for (;;) { /* KdpSendWaitContinue: answer requests until a continue (or the crash the debugger asks for) */
+        uint32_t request = get32(reply.payload);
+        enum rx status;
+        if (request == API_CONTINUE || request == API_CONTINUE2)
+            break;
+        if (request == API_CAUSE_BUGCHECK) {
+            manipulates++;
+            crash_requested++;
+            return;
+        }
+        if (!send_packet(T_MANIPULATE, out, answer(&reply, out)))
+            return;
+        while ((status = receive_packet(T_MANIPULATE, &reply)) == RX_TIMEOUT)
+            ;
+        if (status == RX_RESEND && !send_wait(T_STATE_CHANGE64, payload, size, T_MANIPULATE, &reply))
+            return;
+    }
     uint32_t api = get32(reply.payload), status = get32(reply.payload + 16);
     if (api != 0x313C && api != 0x3136)
         return;
@@ -324,8 +468,9 @@ static void kd_exception(uint32_t code, uint64_t address)
     uint8_t payload[240];
     memset(payload, 0, sizeof(payload));
     put32(payload, STATE_EXCEPTION);
-    put32(payload + 8, 1);
-    put64(payload + 16, 0xFFFFF80000AB0000ull);
+    put16(payload + 6, (uint16_t)machine.stop);
+    put32(payload + 8, machine.processors ? machine.processors : 1);
+    put64(payload + 16, 0xFFFFE00000001000ull + 0x1000ull * machine.stop);
     put64(payload + 24, address);
     put32(payload + 32, code);
     put64(payload + 48, address);
@@ -339,7 +484,7 @@ static void breakin(void)
     breakins++;
     say("kdtarget: break-in after line %u\n", line_no);
     in_breakin = 1;
-    kd_exception(BREAKPOINT, 0xFFFFF80000001B1Dull);
+    kd_exception(BREAKPOINT, machine.processors ? machine_pc(machine.stop) : 0xFFFFF80000001B1Dull);
     in_breakin = 0;
     say("kdtarget: break-in continued after line %u\n", line_no);
 }
@@ -406,10 +551,24 @@ static void sleep_seconds(double seconds)
         ;
 }
 
+/* KeBugCheck2 with a debugger: the Fatal System Error print, then the first break (on the machine's stopped processor). */
+static void kd_bugcheck(uint32_t code, const uint64_t *params)
+{
+    char text[256];
+    snprintf(text, sizeof(text),
+             "\n*** Fatal System Error: 0x%08x\n                       (0x%016llX,0x%016llX,0x%016llX,0x%016llX)\n\n", code,
+             (unsigned long long)params[0], (unsigned long long)params[1], (unsigned long long)params[2],
+             (unsigned long long)params[3]);
+    kd_print(text);
+    kd_exception(BREAKPOINT, machine.processors ? machine_pc(machine.stop) : 0xFFFFF80000402000ull);
+}
+
 static void script(int notifies)
 {
+    static const uint64_t d1[4] = {0x10, 0x2, 0x0, 0xFFFFF80000401020ull}, none[4] = {0, 0, 0, 0};
     kd_print("[sysTest] DriverEntry status:(0x00000000).\n");
-    kd_module_load("\\SystemRoot\\system32\\drivers\\receiver.sys", 0xFFFFF80000400000ull, 0x6000);
+    for (uint32_t i = 0; i < machine.modules; i++)
+        kd_module_load(machine.module[i].path, machine.module[i].base, machine.module[i].size);
     kd_print("[sysRecv1] DriverEntry status:(0x00000000).\n");
     for (int i = 0; i < notifies; i++) {
         kd_print("[sysRecv1]:get notify ulType:(1)\tulValue:(hello)\n");
@@ -419,8 +578,12 @@ static void script(int notifies)
     kd_print("line\n");
     kd_exception(BREAKPOINT, 0xFFFFF80000401000ull);
     kd_prompt("Break, Ignore, Terminate Process or Terminate Thread (bipt)? ");
-    kd_print("\n*** Fatal System Error: 0x000000d1\n                       (0x0000000000000010,0x0000000000000002,0x0000000000000000,0xFFFFF80000401020)\n\n");
-    kd_exception(BREAKPOINT, 0xFFFFF80000402000ull);
+    if (machine.has_bugcheck)
+        kd_bugcheck(machine.code, machine.params);
+    else
+        kd_bugcheck(0xD1, d1);
+    if (crash_requested) /* DbgKdCauseBugCheckApi: KeBugCheck(MANUALLY_INITIATED_CRASH) */
+        kd_bugcheck(MANUALLY_INITIATED_CRASH, none);
     kd_print("[kdtarget] done.\n");
 }
 
@@ -463,7 +626,8 @@ int main(int argc, char **argv)
     tio.c_cc[VTIME] = 0;
     tcsetattr(port, TCSANOW, &tio);
     tcflush(port, TCIOFLUSH);
-    fprintf(report, "kdtarget: started on %s (%s)\n", argv[1], mode);
+    fprintf(report, "kdtarget: started on %s (%s), machine %s\n", argv[1], mode,
+            load_machine("/kdmachine.bin") ? "loaded" : "none");
     fflush(report);
 
     if (strcmp(mode, "kdticks") == 0)
@@ -473,8 +637,9 @@ int main(int argc, char **argv)
     clock_gettime(CLOCK_MONOTONIC, &ended);
     fprintf(report,
             "kdtarget: acks=%u continues=%u not_handled=%u breakins=%u resends=%u resets=%u retries=%u gave_up=%u dropped=%u "
-            "skipped=%u discarded=%u symbol_start=0x%llx prompt_reply=%s seconds=%.3f\n",
+            "skipped=%u discarded=%u manipulates=%u refused=%u symbol_start=0x%llx prompt_reply=%s seconds=%.3f\n",
             acks, continues, not_handled, breakins, resends, resets, retries, gave_up, dropped, skipped, discarded,
+            manipulates, refused,
             (unsigned long long)symbol_start, prompt_reply,
             (double)(ended.tv_sec - started.tv_sec) + (ended.tv_nsec - started.tv_nsec) / 1e9);
     fclose(report);

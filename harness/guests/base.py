@@ -16,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 
 from harness.timeline import Timeline
+from harness.triage.dumpfile import DumpHeader
 
 
 @dataclass(frozen=True)
@@ -57,10 +58,14 @@ class ProgramResult:
 
 @dataclass(frozen=True)
 class CrashEvidence:
-    """What a guest left behind about a crash: files pulled out of it (dumps) and one line on how that went."""
+    """What a guest left behind about a crash: files pulled out of it (dumps) and one line on how that went.
+
+    ``headers``: what each dump's own header says (a kernel dump's DUMP_HEADER64, read on this host).
+    """
 
     files: tuple[Path, ...] = ()
     note: str = ""
+    headers: tuple[DumpHeader, ...] = ()
 
 
 class Guest(ABC):
@@ -155,6 +160,15 @@ class Guest(ABC):
         """After a hang, while the guest still runs: have it report its threads' stacks (a ``StackReport`` on the
         timeline) within about ``timeout`` seconds; never raises. The default has no way to ask."""
         del timeout
+
+    def hold_failed(self, why: str) -> None:
+        """``--keep-failed``: before a failed scenario's guest is torn down, hold it for a developer until released
+        (the VM guest serves its kernel debugger link); never raises. The default has nothing to hold."""
+        del why
+
+    def collect_hang_evidence(self, dest: Path) -> CrashEvidence:
+        """After ``report_stacks`` at a hang: pull the dump the guest was made to write for it, if it was; never raises."""
+        return CrashEvidence()
 
     def collect_crash_evidence(self, dest: Path) -> CrashEvidence:
         """After a crash: pull what the guest wrote about it (a crash dump) into ``dest``; never raises.

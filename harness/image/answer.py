@@ -81,7 +81,7 @@ SETTINGS = {
     "testsigning": "bcdedit /enum {current} shows testsigning Yes",
     "kernel-debug-serial": "bcdedit /enum {current} shows debug Yes; /dbgsettings shows debugtype Serial, debugport 1, baudrate 115200",
     "debug-print-filter": "Debug Print Filter\\DEFAULT is the DWORD 0xF",
-    "crash-dump": "CrashControl: CrashDumpEnabled 3 (small dump), AutoReboot 1, MinidumpDir %SystemRoot%\\Minidump",
+    "crash-dump": "CrashControl: CrashDumpEnabled 3 (small dump), AutoReboot 1, MinidumpDir %SystemRoot%\\Minidump, NMICrashDump 1",
     "test-certificate": "the test CA's thumbprint in LocalMachine\\Root and LocalMachine\\TrustedPublisher",
     "updates-off": "the wuauserv service is disabled",
     "sample-submission-off": "Get-MpPreference: SubmitSamplesConsent 2, MAPSReporting 0",
@@ -521,6 +521,8 @@ def first_logon_script(options: ImageOptions) -> str:
         f"  Set-ItemProperty -Path {crash} -Name 'CrashDumpEnabled' -Type DWord -Value 3",
         f"  Set-ItemProperty -Path {crash} -Name 'AutoReboot' -Type DWord -Value 1",
         f"  Set-ItemProperty -Path {crash} -Name 'MinidumpDir' -Type ExpandString -Value '%SystemRoot%\\Minidump'",
+        # An NMI bugchecks (0x80) and writes the dump: how the harness gets a dump of a hang (vm.hang_dump: nmi).
+        f"  Set-ItemProperty -Path {crash} -Name 'NMICrashDump' -Type DWord -Value 1",
         "}",
         "Test-Setting 'crash-dump' {",
         f"  $key = Get-Item -LiteralPath {crash}",
@@ -528,6 +530,7 @@ def first_logon_script(options: ImageOptions) -> str:
         "  if ($key.GetValue('AutoReboot') -ne 1) { 'AutoReboot is ' + $key.GetValue('AutoReboot') }",
         "  $folder = $key.GetValue('MinidumpDir', $null, 'DoNotExpandEnvironmentNames')",
         "  if ($folder -ne '%SystemRoot%\\Minidump') { 'MinidumpDir is ' + $folder }",
+        "  if ($key.GetValue('NMICrashDump') -ne 1) { 'NMICrashDump is ' + $key.GetValue('NMICrashDump') }",
         "}",
     ]
     if options.certificate is not None:

@@ -21,6 +21,12 @@ has its row in docs/windows-facts.md:
   any other byte is thrown away. Bytes that arrive while the kernel runs wait to be read.
 * Continue: DBG_CONTINUE on a ``fault()`` runs the faulting instruction again; "not handled" lets
   the kernel dispatch it (``handled``), and a second chance nobody handles is a bugcheck 0x1E.
+* In a stop, every other state-manipulation request is answered and the stop goes on waiting (KdpSendWaitContinue):
+  DbgKdGetVersionApi with the version block, DbgKdGetContextApi with the asked processor's CONTEXT (beyond the
+  processor count: STATUS_UNSUCCESSFUL), DbgKdReadVirtualMemoryApi with what is mapped (at most PACKET_MAX_SIZE - 56
+  bytes; short: STATUS_UNSUCCESSFUL and the bytes read), DbgKdCauseBugCheckApi with a bugcheck 0xE2 and no reply;
+  any other API with STATUS_UNSUCCESSFUL and no data. What is read comes from a synthetic kernel
+  (``harness.kd.synthetic.Machine``); without one, memory reads find nothing.
 
 It can misbehave on purpose: ``duplicate_next``, ``corrupt_next``, ``garbage`` and ``reset()`` (a
 target-initiated reset mid-stream).
@@ -33,9 +39,11 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from harness.kd import packets as kd
+from harness.kd.synthetic import Machine
 
 DEFAULT_RETRIES = 20  # KdpContext.KdpDefaultRetries
 KMODE_EXCEPTION_NOT_HANDLED = 0x1E
+MANUALLY_INITIATED_CRASH = 0xE2
 MAX_REFAULTS = 3  # a faulting instruction continued as "handled" faults again; the emulator stops after this many
 BREAKIN_PC = 0xFFFFF80000001B1D  # where a break-in stops (DbgBreakPointWithStatus), for the record
 _FILE_CREATE = 0x3430
@@ -95,6 +103,8 @@ class TargetLog:
     gave_up: int = 0  # times the debugger was marked absent
     dropped: list[str] = field(default_factory=list)  # prints that never went out, or were given up
     skipped_modules: int = 0
+    manipulates: list[int] = field(default_factory=list)  # APIs of the requests answered in stops
+    refused: list[int] = field(default_factory=list)  # APIs answered with STATUS_UNSUCCESSFUL
     breakins: int = 0
     discarded: int = 0  # bytes the poll read and threw away
     refaults: int = 0
@@ -105,8 +115,11 @@ class TargetLog:
         return [item.status for item in self.continues if not item.breakin]
 
 
-def _exception_payload(code: int, address: int, processor: int, first_chance: bool, parameters: tuple[int, ...]) -> bytes:
-    head = struct.pack("<IHHI4xQQ", kd.STATE_EXCEPTION, 0, processor, 1, 0xFFFFF80000AB0000, address)
+def _exception_payload(
+    code: int, address: int, processor: int, first_chance: bool, parameters: tuple[int, ...], processors: int = 1,
+    thread: int = 0xFFFFF80000AB0000,
+) -> bytes:  # fmt: skip
+    head = struct.pack("<IHHI4xQQ", kd.STATE_EXCEPTION, 0, processor, processors, thread, address)
     record = struct.pack("<IIQQI4x", code, 0, 0, address, len(parameters)) + struct.pack(
         "<15Q", *(list(parameters) + [0] * (15 - len(parameters)))
     )
@@ -116,7 +129,8 @@ def _exception_payload(code: int, address: int, processor: int, first_chance: bo
 class KdTarget:
     """The target end of a KD link. ``outbox`` holds bytes for the host; feed its answers to ``receive``."""
 
-    def __init__(self, sync_first: bool = True) -> None:
+    def __init__(self, sync_first: bool = True, machine: Machine | None = None) -> None:
+        self.machine = machine
         self.current_id = kd.INITIAL_ID | (kd.SYNC_BIT if sync_first else 0)
         self.remote_id = kd.INITIAL_ID
         self.present = True  # not KdDebuggerNotPresent
@@ -177,6 +191,25 @@ class KdTarget:
         """KeBugCheck2 as seen on the link: the Fatal System Error print, then a breakpoint stop."""
         for message in self._bugcheck(code, parameters):
             self._enqueue(message)
+
+    def load_machine_modules(self) -> None:
+        """The load-symbols reports of the machine's drivers, in load order."""
+        assert self.machine is not None
+        for path, base, size in self.machine.modules:
+            self.load_module(path, base, size)
+
+    def crash(self) -> None:
+        """The machine's bugcheck (it stops on the machine's stopped processor)."""
+        assert self.machine is not None and self.machine.bugcheck is not None
+        self.bugcheck(*self.machine.bugcheck)
+
+    def _stop_payload(self, code: int, default_pc: int, processor: int | None = None) -> bytes:
+        """A breakpoint stop: on the machine's stopped processor at its RIP, else at ``default_pc``."""
+        machine = self.machine
+        if machine is None:
+            return _exception_payload(code, default_pc, processor or 0, True, ())
+        cpu = machine.stop_processor if processor is None else processor
+        return _exception_payload(code, machine.pc(cpu), cpu, True, (), len(machine.contexts), machine.thread(cpu))
 
     def file_request(self, path: str) -> None:
         payload = struct.pack("<II", _FILE_CREATE, 0).ljust(kd.FILE_IO_SIZE, b"\0") + (path + "\0").encode("utf-16-le")
@@ -252,6 +285,8 @@ class KdTarget:
         """The kernel goes on to its next message: send it, or skip it while the debugger is absent."""
         while self.queue:
             message = self.queue[0]
+            if message.acked:
+                return  # a stop whose reply to a request went out: it waits for the next request
             if not message.absent_skip or self.present:
                 message.retries = DEFAULT_RETRIES
                 message.acked = False
@@ -317,7 +352,7 @@ class KdTarget:
 
     def _breakin_stop(self) -> _Message:
         self.log.breakins += 1
-        payload = _exception_payload(kd.STATUS_BREAKPOINT, BREAKIN_PC, 0, True, ())
+        payload = self._stop_payload(kd.STATUS_BREAKPOINT, BREAKIN_PC, 0)
         return _Message(kd.TYPE_STATE_CHANGE64, payload, waits_for=kd.TYPE_STATE_MANIPULATE, breakin=True)
 
     def _fault_stop(self, fault: _Fault) -> _Message:
@@ -327,7 +362,7 @@ class KdTarget:
     def _bugcheck(self, code: int, parameters: tuple[int, int, int, int]) -> list[_Message]:
         text = f"\n*** Fatal System Error: 0x{code:08x}\n                       ({','.join(f'0x{p:016X}' for p in parameters)})\n\n"
         data = text.encode()
-        stop = _exception_payload(kd.STATUS_BREAKPOINT, 0xFFFFF80000001000, 0, True, ())
+        stop = self._stop_payload(kd.STATUS_BREAKPOINT, 0xFFFFF80000001000)
         return [
             _Message(kd.TYPE_DEBUG_IO, kd.DEBUG_IO.pack(kd.API_PRINT_STRING, 0, 0, len(data), 0) + data, quick_timeout=True,
                      absent_skip="print", text=text),
@@ -432,7 +467,7 @@ class KdTarget:
         if packet_type == kd.TYPE_STATE_MANIPULATE:
             api = struct.unpack_from("<I", payload)[0]
             if api not in (kd.API_CONTINUE, kd.API_CONTINUE2):
-                self.log.ignored += 1
+                self._manipulate(kd.Manipulate.decode(payload))
                 return
             status, trace, dr7, start, end = struct.unpack_from("<IIQQQ", payload.ljust(kd.MANIPULATE_SIZE, b"\0"), 16)
             if api == kd.API_CONTINUE:
@@ -449,6 +484,41 @@ class KdTarget:
         self.queue.popleft()
         self.queue.extendleft(reversed(follow))
         self._start()
+
+    def _manipulate(self, request: kd.Manipulate) -> None:
+        """A request in a stop (KdpSendWaitContinue): the reply goes out, then the stop waits for the next request."""
+        self.log.manipulates.append(request.api)
+        if request.api == kd.API_CAUSE_BUGCHECK:  # KdpCauseBugCheck: KeBugCheck(MANUALLY_INITIATED_CRASH), no reply
+            self.queue.popleft()
+            self.queue.extendleft(reversed(self._bugcheck(MANUALLY_INITIATED_CRASH, (0, 0, 0, 0))))
+            self._start()
+            return
+        reply = self._answer(request)
+        if reply.status != kd.STATUS_SUCCESS:
+            self.log.refused.append(request.api)
+        self.queue.appendleft(_Message(kd.TYPE_STATE_MANIPULATE, reply.encode()))
+        self._start()
+
+    def _answer(self, request: kd.Manipulate) -> kd.Manipulate:
+        machine = self.machine
+        failed = kd.Manipulate(request.api, request.processor, kd.STATUS_UNSUCCESSFUL, request.body, level=request.level)
+        if request.api == kd.API_GET_VERSION:
+            version = machine.version if machine is not None else kd.GET_VERSION.pack(*([0] * 14))
+            return kd.Manipulate(request.api, request.processor, kd.STATUS_SUCCESS, version, level=request.level)
+        if request.api == kd.API_GET_CONTEXT:
+            contexts = machine.contexts if machine is not None else ()
+            if request.processor >= max(len(contexts), 1):
+                return failed
+            context = contexts[request.processor] if contexts else kd.encode_context({})
+            return kd.Manipulate(request.api, request.processor, kd.STATUS_SUCCESS, request.body, context, request.level)
+        if request.api == kd.API_READ_VIRTUAL_MEMORY:
+            address, count, _ = kd.READ_MEMORY.unpack_from(request.body)
+            length = min(count, kd.MAX_READ)
+            data = machine.read(address, length) if machine is not None else b""
+            status = kd.STATUS_SUCCESS if len(data) == length else kd.STATUS_UNSUCCESSFUL
+            body = kd.READ_MEMORY.pack(address, count, len(data))
+            return kd.Manipulate(request.api, request.processor, status, body, data, request.level)
+        return failed
 
     def _after_fault(self, fault: _Fault, handled: bool) -> list[_Message]:
         """KiDispatchException after the debugger answered."""

@@ -58,6 +58,26 @@ SYMBOL_RANGE_UNCHANGED = 1  # CurrentSymbolStart == 1: the kernel keeps its symb
 # ContinueStatus at 16, TraceFlag 20, Dr7 24, CurrentSymbolStart 32, CurrentSymbolEnd 40.
 CONTINUE2 = struct.Struct("<IHHI4xIIQQQ")
 
+# State manipulation (DBGKD_MANIPULATE_STATE64, windbgkd.h): the 16-byte head (ApiNumber, ProcessorLevel, Processor,
+# ReturnStatus), a union at 16 (the packet's first 56 bytes in all), then the request's or reply's data.
+API_READ_VIRTUAL_MEMORY = 0x3130
+API_GET_CONTEXT = 0x3132
+API_GET_VERSION = 0x3146
+API_CAUSE_BUGCHECK = 0x3149
+MANIPULATE_HEAD = struct.Struct("<IHHI4x")
+READ_MEMORY = struct.Struct("<QII")  # DBGKD_READ_MEMORY64 at 16: TargetBaseAddress, TransferCount, ActualBytesRead
+MAX_READ = MAX_PAYLOAD - MANIPULATE_SIZE  # KdpReadVirtualMemory caps a read at PACKET_MAX_SIZE - sizeof(DBGKD_MANIPULATE_STATE64)
+# DBGKD_GET_VERSION64 at 16: MajorVersion, MinorVersion, ProtocolVersion, KdSecondaryVersion, Flags, MachineType,
+# MaxPacketType, MaxStateChange, MaxManipulate, Simulation, Unused, KernBase, PsLoadedModuleList, DebuggerDataList.
+GET_VERSION = struct.Struct("<HHBBHHBBBBHQQQ")
+STATUS_SUCCESS = 0
+STATUS_UNSUCCESSFUL = 0xC0000001
+IMAGE_FILE_MACHINE_AMD64 = 0x8664
+# The AMD64 CONTEXT (0x4D0 bytes): the integer registers from Rax at 0x78, 8 bytes each in this order, Rip at 0xF8.
+CONTEXT_SIZE = 0x4D0
+CONTEXT_REGISTERS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip")
+CONTEXT_RAX = 0x78
+
 # Exception codes the host continues as handled
 STATUS_BREAKPOINT = 0x80000003
 STATUS_SINGLE_STEP = 0x80000004
@@ -126,6 +146,51 @@ def encode_control(packet_type: int, packet_id: int = 0) -> bytes:
 def encode_continue2(level: int, processor: int, status: int) -> bytes:
     """A DbgKdContinueApi2 manipulate payload (AMD64 layout): no trace flag, Dr7 0, symbol range unchanged."""
     return CONTINUE2.pack(API_CONTINUE2, level, processor, 0, status, 0, 0, SYMBOL_RANGE_UNCHANGED, 0).ljust(MANIPULATE_SIZE, b"\0")
+
+
+@dataclass(frozen=True)
+class Manipulate:
+    """A DBGKD_MANIPULATE_STATE64 packet: the head, the 40-byte union (``body``) and the data after the 56 bytes."""
+
+    api: int
+    processor: int
+    status: int = STATUS_SUCCESS
+    body: bytes = b""
+    data: bytes = b""
+    level: int = 0
+
+    def encode(self) -> bytes:
+        head = MANIPULATE_HEAD.pack(self.api, self.level, self.processor, self.status)
+        return (head + self.body).ljust(MANIPULATE_SIZE, b"\0")[:MANIPULATE_SIZE] + self.data
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Manipulate:
+        """Raises:
+        ValueError: shorter than the 56-byte structure.
+        """
+        if len(payload) < MANIPULATE_SIZE:
+            raise ValueError(f"a manipulate packet of {len(payload)} bytes (at least {MANIPULATE_SIZE})")
+        api, level, processor, status = MANIPULATE_HEAD.unpack_from(payload)
+        return cls(api, processor, status, payload[16:MANIPULATE_SIZE], payload[MANIPULATE_SIZE:], level)
+
+
+def context_registers(data: bytes) -> dict[str, int]:
+    """The integer registers and RIP of an AMD64 CONTEXT.
+
+    Raises:
+        ValueError: too short to hold them.
+    """
+    if len(data) < CONTEXT_RAX + 8 * len(CONTEXT_REGISTERS):
+        raise ValueError(f"a CONTEXT of {len(data)} bytes")
+    values = struct.unpack_from(f"<{len(CONTEXT_REGISTERS)}Q", data, CONTEXT_RAX)
+    return dict(zip(CONTEXT_REGISTERS, values, strict=True))
+
+
+def encode_context(registers: dict[str, int]) -> bytes:
+    """An AMD64 CONTEXT holding ``registers`` (the rest zero)."""
+    data = bytearray(CONTEXT_SIZE)
+    struct.pack_into(f"<{len(CONTEXT_REGISTERS)}Q", data, CONTEXT_RAX, *(registers.get(name, 0) for name in CONTEXT_REGISTERS))
+    return bytes(data)
 
 
 def encode(packet: Packet) -> bytes:

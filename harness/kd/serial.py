@@ -12,6 +12,7 @@ snapshot revert restarts QEMU) until it is stopped. On every connection the KD r
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import socket
 import threading
@@ -23,9 +24,10 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from harness.errors import ConfigError
-from harness.kd.session import KdAttach, KdBugcheck, KdEvent, KdHost, KdLine, KdModule, KdNotice, KdStateChange
-from harness.kernel.events import DebugEvent, Event, GuestCrash, LogLine
+from harness.kd.session import KdAttach, KdBugcheck, KdEvent, KdHost, KdLine, KdModule, KdNotice, KdStacks, KdStateChange
+from harness.kernel.events import DebugEvent, Event, GuestCrash, LogLine, StackReport
 from harness.timeline import Timeline
+from harness.triage.pe import ImageError, PeImage
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +290,11 @@ def kd_event(event: KdEvent, t: float) -> Event:
     if isinstance(event, KdLine):
         return LogLine(t=t, text=event.text)
     if isinstance(event, KdBugcheck):
+        if event.forced:  # the harness's own doing (a dump of a hang): not a crash of the scenario
+            return DebugEvent(t=t, kind="forced-crash", summary=event.describe())
         return GuestCrash(t=t, summary=event.describe(), code=event.code, parameters=event.parameters)
+    if isinstance(event, KdStacks):
+        return dataclasses.replace(event.report, t=t)
     if isinstance(event, KdStateChange):
         return DebugEvent(t=t, kind="state-change", summary=event.describe())
     if isinstance(event, KdModule):
@@ -310,7 +316,57 @@ class KdSerialReader(SerialReader):
     def _emit(self, events: list[KdEvent]) -> None:
         now = self.timeline.now()
         for event in events:
+            if isinstance(event, KdStacks):
+                self.timeline.append(DebugEvent(t=now, kind="stacks", summary=event.describe()))
             self.timeline.append(kd_event(event, now))
+
+    # -- where it crashed or hung (harness.kd.inspect) ------------------------------------------------------------
+
+    def add_image(self, module: str, image: Path) -> None:
+        """The image file of module ``module`` (its file name in the guest): its unwind data is read from the file."""
+        try:
+            pe = PeImage(image)
+        except ImageError as error:
+            log.warning("%s: its unwind data will be read from the guest: %s", image, error)
+            return
+        with self._lock:
+            self.host.images[module.lower()] = pe
+
+    def report_stacks(self, timeout: float, crash_after: bool = False) -> StackReport | None:
+        """Break in, read every processor's stack, continue (``crash_after``: cause a bugcheck for a dump instead).
+
+        Returns the hang's report, or None when none came within ``timeout`` seconds (a kernel that does not poll
+        for a break-in, or a link nobody answers); then nothing is waited for any more. Never raises.
+        """
+        started = self.timeline.now()
+        with self._lock:
+            self.host.request_stacks(crash_after)
+
+        def arrived(events: list[Event]) -> StackReport | None:
+            return next((e for e in reversed(events) if isinstance(e, StackReport) and e.kind == "hang" and e.t >= started), None)
+
+        report = self.timeline.wait_for(arrived, started + timeout)
+        if report is None:
+            with self._lock:
+                events = self.host.cancel_stacks(time.monotonic())
+            self._emit(events)
+            report = arrived(self.timeline.events())
+        return report
+
+    def wait_inspected(self, timeout: float) -> bool:
+        """True once no stop is being read and no announced bugcheck's break is pending (False after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self.host.inspecting:
+                    return True
+            time.sleep(0.05)
+        return False
+
+    def expect_forced_bugcheck(self, code: int) -> None:
+        """The harness causes a bugcheck ``code`` itself (an NMI for a dump): it is not a crash of the scenario."""
+        with self._lock:
+            self.host.expect_forced_bugcheck(code)
 
     def feed(self, data: bytes) -> bytes:
         with self._lock:

@@ -13,6 +13,13 @@ Attaching (``attached()``, on every connection) sends a break-in byte (again aft
 the target's first packet): a kernel that gave up on an absent debugger sends nothing until its
 clock-tick poll reads one, and then stops; the stop is continued like any other.
 
+Where it crashed or hung (harness.kd.inspect): at the bugcheck's first break, and at a break-in the harness asked
+for (``request_stacks``), the stop is not continued at once: the host first reads the processors' contexts, the
+version block and memory with state-manipulation requests, one at a time, and walks the stacks; then it continues
+as always. The exchange is bounded (requests, a reply timeout, a total budget); a target that does not answer is
+continued with what was read. With ``crash_after_stacks`` a hang inspection ends in DbgKdCauseBugCheckApi instead
+(the debugger-initiated crash, 0xE2), whose bugcheck is then reported as forced, not as a crash of the scenario.
+
 Continue status: DBG_CONTINUE for breakpoints, single steps and load-symbols reports;
 DBG_EXCEPTION_NOT_HANDLED for every other exception, so the kernel's own handling runs and an
 unhandled fault ends in a bugcheck instead of running the faulting instruction again. Continue2
@@ -26,6 +33,9 @@ import struct
 from dataclasses import dataclass, field
 
 from harness.kd import packets as kd
+from harness.kd.inspect import Inspection, Stop
+from harness.kernel.stacks import StackReport
+from harness.triage.pe import PeImage
 
 _FATAL = re.compile(r"^\*\*\* Fatal System Error: 0x([0-9A-Fa-f]{8})\s*$")
 _FATAL_PARAMS = re.compile(r"^\s*\(0x([0-9A-Fa-f]+),0x([0-9A-Fa-f]+),0x([0-9A-Fa-f]+),0x([0-9A-Fa-f]+)\)\s*$")
@@ -41,6 +51,9 @@ MAX_RETRANSMITS = 5
 # twice: a kernel in the debugger forgets a break-in byte that a packet leader follows.
 BREAKIN_RETRY = 2.0
 BREAKIN_TRIES = 5
+REPLY_TIMEOUT = 10.0  # a manipulate request the target has not answered after this long ends the inspection
+INSPECT_BUDGET = 60.0  # an inspection ends (with what it read) after this long
+MANUALLY_INITIATED_CRASH = 0xE2
 
 
 @dataclass(frozen=True)
@@ -95,13 +108,36 @@ class KdModule:
 
 @dataclass(frozen=True)
 class KdBugcheck:
-    """The kernel announced a bugcheck (a BSOD) with its code and four parameters."""
+    """The kernel announced a bugcheck (a BSOD) with its code and four parameters.
+
+    ``forced``: the harness caused it on purpose (a debugger-initiated crash or an NMI, to get a dump of a hang).
+    """
 
     code: int
     parameters: tuple[int, int, int, int]
+    forced: bool = False
 
     def describe(self) -> str:
-        return f"bugcheck 0x{self.code:08X} ({', '.join(f'0x{p:x}' for p in self.parameters)})"
+        text = f"bugcheck 0x{self.code:08X} ({', '.join(f'0x{p:x}' for p in self.parameters)})"
+        return text + (", forced by the harness for a dump" if self.forced else "")
+
+
+@dataclass(frozen=True)
+class KdStacks:
+    """Where the stopped kernel's processors were (read before the stop was continued)."""
+
+    report: StackReport
+    requests: int
+    seconds: float
+    complete: bool  # False: cut short (request cap, time budget, or the target stopped answering)
+
+    def describe(self) -> str:
+        frames = sum(len(thread.frames) for thread in self.report.threads)
+        how = "" if self.complete else ", cut short"
+        return (
+            f"{self.report.kind} stacks read: {len(self.report.threads)} stack(s), {frames} frames, "
+            f"{self.requests} requests in {self.seconds:.2f}s{how}"
+        )
 
 
 @dataclass(frozen=True)
@@ -114,7 +150,7 @@ class KdNotice:
         return self.text
 
 
-KdEvent = KdLine | KdStateChange | KdModule | KdBugcheck | KdNotice | KdAttach
+KdEvent = KdLine | KdStateChange | KdModule | KdBugcheck | KdNotice | KdAttach | KdStacks
 
 
 def continue_status(code: int) -> int:
@@ -162,21 +198,35 @@ class KdHost:
         self.attaches = 0
         self.breakins_left = 0  # break-in bytes still to send while the target says nothing after an attach
         self.breakin_at = 0.0
+        # Where it crashed or hung.
+        self.images: dict[str, PeImage] = {}  # module file name (lower case) -> the image the user gave
+        self.seen: list[tuple[str, int, int, bool]] = []  # (path, base, size, unloaded) of each module reported, oldest first
+        self.pending_bugcheck: KdBugcheck | None = None  # announced; its first break is inspected
+        self.stacks_wanted = False  # the next break-in stop is inspected as a hang
+        self.crash_after_stacks = False  # end a hang inspection with DbgKdCauseBugCheckApi instead of a continue
+        self.forced_codes: set[int] = set()  # bugcheck codes the harness is causing itself
+        self.inspection: Inspection | None = None
+        self.inspection_stop: tuple[int, int, int] = (0, 0, kd.DBG_CONTINUE)  # level, processor, continue status
+        self.inspection_started = 0.0
+        self.request_at = 0.0
+        self.later = Output()  # bytes and events made outside receive()/idle(), given out with their next output
         self.stats = {"packets": 0, "acks": 0, "resends_asked": 0, "duplicates": 0, "resets": 0, "retransmits": 0, "resyncs": 0}
 
     # -- input -----------------------------------------------------------------------------------
 
     def receive(self, data: bytes, now: float = 0.0) -> Output:
-        out = Output()
+        out = self._take_later()
         for item in self.framer.feed(data):
             self._handle(item, now, out)
         return out
 
     def idle(self, now: float) -> Output:
         """The line has been quiet: abandon a frame that cannot complete, retransmit an unACKed packet."""
-        out = Output()
+        out = self._take_later()
         for item in self.framer.flush():
             self._handle(item, now, out)
+        if self.inspection is not None and (now - self.request_at >= REPLY_TIMEOUT or now - self.inspection_started >= INSPECT_BUDGET):
+            out.extend(self._end_inspection(now, complete=False))
         if self.outstanding is not None and now - self.sent_at >= RETRANSMIT_AFTER and self.retransmits < MAX_RETRANSMITS:
             self.retransmits += 1
             self.stats["retransmits"] += 1
@@ -204,7 +254,9 @@ class KdHost:
         self.last_accepted = None
         self.attaches += 1
         self.breakins_left, self.breakin_at = BREAKIN_TRIES - 1, now
-        out = Output(send=bytes([kd.BREAKIN_BYTE]))
+        self.inspection = None  # a stop of the old connection: it is sent again and continued
+        out = self._take_later()
+        out.send += bytes([kd.BREAKIN_BYTE])
         for processor in list(self.lines):
             out.events.extend(self._flush_partial(processor))
         out.events.append(KdAttach(self.attaches))
@@ -313,7 +365,9 @@ class KdHost:
             return self._state_change(packet, now, quiet)
         if packet.type == kd.TYPE_FILE_IO and len(packet.payload) >= 4:
             return self._file_io(packet, now, quiet)
-        return Output()  # manipulate replies, trace and control requests: ACKed, nothing else
+        if packet.type == kd.TYPE_STATE_MANIPULATE and self.inspection is not None:
+            return self._manipulate_reply(packet, now)
+        return Output()  # trace and control requests: ACKed, nothing else
 
     def _debug_io(self, packet: kd.Packet, now: float, quiet: bool) -> Output:
         out = Output()
@@ -334,13 +388,21 @@ class KdHost:
 
     def _state_change(self, packet: kd.Packet, now: float, quiet: bool) -> Output:
         out = Output()
-        state, level, processor, _, thread, pc = _STATE_HEAD.unpack_from(packet.payload)
+        state, level, processor, processors, thread, pc = _STATE_HEAD.unpack_from(packet.payload)
+        if self.inspection is not None and self.inspection.pending is not None:
+            # The stop came again (after the RESET that synchronised the ids, or a resend the target chose): it is the
+            # stop being inspected, so ask the pending question (again, unless it is still on its way).
+            if self.outstanding is None:
+                self.request_at = now
+                out.send += self._send(kd.TYPE_STATE_MANIPULATE, self.inspection.pending.request.encode(), now, packet)
+            return out
         if not quiet:
             if state == kd.STATE_LOAD_SYMBOLS and len(packet.payload) >= 32 + _LOAD_SYMBOLS.size:
                 length, base, _, _, size, unload = _LOAD_SYMBOLS.unpack_from(packet.payload, 32)
                 raw_path = packet.payload[len(packet.payload) - length :] if 0 < length <= len(packet.payload) else b""
                 path = raw_path.rstrip(b"\0").decode("utf-8", "replace")
                 out.events.append(KdModule(path=path, base=base, size=size, unload=unload))
+                self._remember_module(path, base, size, unload)
             elif len(packet.payload) >= 188:
                 code, _, _, address, count = _EXCEPTION.unpack_from(packet.payload, 32)
                 params = struct.unpack_from("<15Q", packet.payload, 64)[: min(count, 15)]
@@ -349,9 +411,119 @@ class KdHost:
             else:
                 out.events.append(KdNotice(f"state change 0x{state:04x} on cpu {processor}, continued"))
         status = kd.DBG_CONTINUE
+        code = struct.unpack_from("<I", packet.payload, 32)[0] if len(packet.payload) >= 36 else 0
         if state == kd.STATE_EXCEPTION and len(packet.payload) >= 36:
-            status = continue_status(struct.unpack_from("<I", packet.payload, 32)[0])
+            status = continue_status(code)
+        if not quiet and state == kd.STATE_EXCEPTION and code == kd.STATUS_BREAKPOINT and self.inspection is None:
+            stop = self._stop_to_inspect(processor, processors, thread, pc)
+            if stop is not None:
+                self.inspection = Inspection(stop, self.seen, self.images)
+                self.inspection_stop = (level, processor, status)
+                self.inspection_started = self.request_at = now
+                request = self.inspection.start()
+                if request is not None:
+                    out.send += self._send(kd.TYPE_STATE_MANIPULATE, request.encode(), now, packet)
+                    return out
+                out.extend(self._end_inspection(now, complete=True))
+                return out
         out.send += self._send(kd.TYPE_STATE_MANIPULATE, kd.encode_continue2(level, processor, status), now, packet)
+        return out
+
+    # -- where it crashed or hung ----------------------------------------------------------------------------------
+
+    def request_stacks(self, crash_after: bool = False) -> None:
+        """Break in (when the line next speaks or idles) and inspect that stop as a hang: every processor's stack.
+
+        ``crash_after``: end with DbgKdCauseBugCheckApi (the kernel bugchecks 0xE2 and writes its dump).
+        """
+        self.stacks_wanted = True
+        self.crash_after_stacks = crash_after
+        self.later.send += bytes([kd.BREAKIN_BYTE])
+
+    def cancel_stacks(self, now: float) -> list[KdEvent]:
+        """Stop waiting for a hang's stacks: no break-in stop is inspected any more, and one in progress ends now
+        (its continue goes out with the next output)."""
+        self.stacks_wanted = False
+        self.crash_after_stacks = False
+        if self.inspection is not None and self.inspection.stop.kind == "hang":
+            out = self._end_inspection(now, complete=False)
+            self.later.send += out.send
+            return out.events
+        return []
+
+    @property
+    def inspecting(self) -> bool:
+        """A stop is being read, or an announced bugcheck's break is still to come."""
+        return self.inspection is not None or self.pending_bugcheck is not None
+
+    def expect_forced_bugcheck(self, code: int) -> None:
+        """The harness is causing a bugcheck with ``code`` itself (an NMI): report it as forced, do not inspect it."""
+        self.forced_codes.add(code)
+
+    def _remember_module(self, path: str, base: int, size: int, unload: bool) -> None:
+        if unload:
+            for index in range(len(self.seen) - 1, -1, -1):
+                old_path, old_base, old_size, gone = self.seen[index]
+                if old_base == base and not gone:
+                    self.seen[index] = (old_path, old_base, old_size, True)
+                    return
+        self.seen.append((path, base, size, unload))
+
+    def _stop_to_inspect(self, processor: int, processors: int, thread: int, pc: int) -> Stop | None:
+        if self.pending_bugcheck is not None:
+            bugcheck, self.pending_bugcheck = self.pending_bugcheck, None
+            return Stop("crash", processor, processors, thread, pc, bugcheck.code, bugcheck.parameters)
+        if self.stacks_wanted:
+            self.stacks_wanted = False
+            return Stop("hang", processor, processors, thread, pc)
+        return None
+
+    def _manipulate_reply(self, packet: kd.Packet, now: float) -> Output:
+        inspection = self.inspection
+        assert inspection is not None
+        try:
+            reply = kd.Manipulate.decode(packet.payload)
+        except ValueError:
+            return Output()
+        if inspection.pending is None or reply.api != inspection.pending.request.api:
+            return Output()  # not the answer to our question (a stale reply): keep waiting
+        if now - self.inspection_started >= INSPECT_BUDGET:
+            return self._end_inspection(now, complete=False)
+        request = inspection.answer(reply)
+        if request is None:
+            return self._end_inspection(now, complete=True)
+        self.request_at = now
+        out = Output()
+        out.send += self._send(kd.TYPE_STATE_MANIPULATE, request.encode(), now, packet)
+        return out
+
+    def _end_inspection(self, now: float, complete: bool) -> Output:
+        """Report the stacks and continue the stop (or cause the crash a hang dump needs)."""
+        inspection = self.inspection
+        assert inspection is not None
+        self.inspection = None
+        report = inspection.report if complete and inspection.report is not None else inspection.finish()
+        complete = complete and not inspection.answers.final  # not cut short by the request cap
+        out = Output(events=[KdStacks(report, inspection.requests, now - self.inspection_started, complete)])
+        if self.outstanding is not None and self.queue == []:
+            self.outstanding = None  # an unanswered request: the target never took it (same id for the continue)
+        level, processor, status = self.inspection_stop
+        if report.kind == "hang" and self.crash_after_stacks:
+            self.crash_after_stacks = False
+            self.forced_codes.add(MANUALLY_INITIATED_CRASH)
+            payload = kd.Manipulate(kd.API_CAUSE_BUGCHECK, processor, level=level).encode()
+        else:
+            payload = kd.encode_continue2(level, processor, status)
+        out.send += self._send_direct(kd.TYPE_STATE_MANIPULATE, payload, now)
+        return out
+
+    def _send_direct(self, packet_type: int, payload: bytes, now: float) -> bytes:
+        """Queue a packet when the ids are known good (during an inspection they are)."""
+        self.queue.append((packet_type, payload))
+        return self._send_queued(now) if self.outstanding is None else b""
+
+    def _take_later(self) -> Output:
+        out, self.later = self.later, Output()
         return out
 
     def _file_io(self, packet: kd.Packet, now: float, quiet: bool) -> Output:
@@ -386,7 +558,13 @@ class KdHost:
         params = _FATAL_PARAMS.match(line)
         if header and params:
             values = tuple(int(value, 16) for value in params.groups())
-            events.append(KdBugcheck(int(header.group(1), 16), (values[0], values[1], values[2], values[3])))
+            code = int(header.group(1), 16)
+            bugcheck = KdBugcheck(code, (values[0], values[1], values[2], values[3]), forced=code in self.forced_codes)
+            events.append(bugcheck)
+            if bugcheck.forced:
+                self.forced_codes.discard(code)
+            else:
+                self.pending_bugcheck = bugcheck
         self.last_line[processor] = line
         return events
 

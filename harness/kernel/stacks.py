@@ -15,9 +15,10 @@ from typing import Literal
 ReportKind = Literal["crash", "hang"]
 
 #: How a frame's address was found: the thread's own context (the exact instruction), the return address at [RSP]
-#: because the function has no unwind data (a leaf, or code that is no longer mapped), or the caller's return
-#: address found with the function's unwind data. All but "context" are return addresses (the call is just before).
-FrameHow = Literal["context", "leaf", "unwind"]
+#: because the function has no unwind data (a leaf, or code that is no longer mapped), the caller's return address
+#: found with the function's unwind data, or the interrupted instruction a machine frame (a trap or an interrupt,
+#: UWOP_PUSH_MACHFRAME) saved. "leaf" and "unwind" are return addresses (the call is just before).
+FrameHow = Literal["context", "leaf", "unwind", "trap"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class StackFrame:
 
     @property
     def is_return_address(self) -> bool:
-        return self.how != "context"
+        return self.how in ("leaf", "unwind")
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ def analyse(
     # Which module each frame is in, and every RVA a module must name (one symbol lookup per module).
     placed: dict[tuple[int, int], _Placement] = {}
     wanted: dict[str, set[int]] = {}
-    for stack in report.threads:
+    for number, stack in enumerate(report.threads):  # by position: two stacks may be of one thread (a context record)
         for index, frame in enumerate(stack.frames):
             lookup = frame.pc - 1 if frame.is_return_address and frame.pc else frame.pc
             module = report.module_at(lookup)
@@ -59,11 +59,11 @@ def analyse(
             driver = by_guest_name.get(module.name.lower())
             name = driver.image if driver is not None else module.name
             step = steps.get(module.service.lower()) if module.unloaded and module.service else None
-            placed[(stack.thread, index)] = (name, module.base, driver is not None, module.unloaded, f"step {step}" if step else "")
+            placed[(number, index)] = (name, module.base, driver is not None, module.unloaded, f"step {step}" if step else "")
             wanted.setdefault(name, set()).add(lookup - module.base)
     names = {name: namer.locate(name, sorted(rvas)) for name, rvas in wanted.items()}
 
-    threads = [_name_thread(stack, placed, names) for stack in report.threads]
+    threads = [_name_thread(number, stack, placed, names) for number, stack in enumerate(report.threads)]
     if report.kind == "crash":
         threads.sort(key=lambda thread: thread.thread != report.thread)
     else:
@@ -75,11 +75,11 @@ def analyse(
 
 
 def _name_thread(
-    stack: ThreadStack, placed: Mapping[tuple[int, int], _Placement], names: Mapping[str, Mapping[int, SourceLocation]]
+    number: int, stack: ThreadStack, placed: Mapping[tuple[int, int], _Placement], names: Mapping[str, Mapping[int, SourceLocation]]
 ) -> ThreadTriage:
     frames = []
     for index, raw in enumerate(stack.frames):
-        where = placed.get((stack.thread, index))
+        where = placed.get((number, index))
         if where is None:
             frames.append(Frame(pc=raw.pc, how=raw.how))
             continue

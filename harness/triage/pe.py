@@ -201,7 +201,10 @@ class UnwindTable:
         index = bisect.bisect_right(self._begins, rva) - 1
         if index < 0 or not self.functions[index].holds(rva):
             return None
-        function = self.functions[index]
+        return self._direct(self.functions[index])
+
+    def _direct(self, function: RuntimeFunction) -> RuntimeFunction | None:
+        """The entry itself, or the one an indirect entry points at."""
         for _ in range(8):
             if not function.unwind & RUNTIME_FUNCTION_INDIRECT:
                 return function
@@ -242,6 +245,39 @@ class UnwindTable:
         info = decode_unwind_info(self._read(function.unwind, size))
         self._infos[function.unwind] = info
         return info
+
+
+class RemoteUnwindTable(UnwindTable):
+    """A function table searched where it lies: a binary search of the exception directory through ``read_rva``.
+
+    For an image in a guest's memory read through a debugger, where reading a kernel's whole table (tens of
+    thousands of entries) would cost more than the few entries a lookup touches.
+    """
+
+    def __init__(self, read_rva: ReadRva, directory_rva: int, directory_size: int) -> None:
+        super().__init__((), read_rva)
+        self._directory = directory_rva
+        self._count = directory_size // 12
+
+    def _entry(self, index: int) -> RuntimeFunction | None:
+        data = self._read(self._directory + 12 * index, 12)
+        return RuntimeFunction(*struct.unpack("<3I", data)) if len(data) == 12 else None
+
+    def lookup(self, rva: int) -> RuntimeFunction | None:
+        low, high = 0, self._count
+        while low < high:  # the first entry that begins after rva
+            middle = (low + high) // 2
+            entry = self._entry(middle)
+            if entry is None:
+                return None
+            if entry.begin <= rva:
+                low = middle + 1
+            else:
+                high = middle
+        function = self._entry(low - 1) if low else None
+        if function is None or not function.holds(rva):
+            return None
+        return self._direct(function)
 
 
 class ImageView(Protocol):
@@ -385,3 +421,8 @@ class MemoryImage:
         rva, size = self._exception
         data = self.read_rva(rva, size) if size else b""
         return UnwindTable(decode_runtime_functions(data), self.read_rva)
+
+    def remote_unwind_table(self) -> RemoteUnwindTable:
+        """The function table searched in place (a few reads per lookup instead of the whole table)."""
+        rva, size = self._exception
+        return RemoteUnwindTable(self.read_rva, rva, size)

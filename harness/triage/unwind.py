@@ -209,8 +209,11 @@ def _simulate_epilog(ops: list[tuple[str, int]], regs: dict[str, int], memory: M
 
 def unwind_function(
     regs: dict[str, int], pc: int, module: CodeModule, function: RuntimeFunction, memory: Memory, *, epilog_check: bool = True
-) -> None:
+) -> bool:
     """Change ``regs`` from inside ``function`` at ``pc`` to its caller's (RIP = the return address).
+
+    Returns True when a machine frame (a trap or interrupt) gave RIP: then it is the interrupted instruction
+    itself, not a return address.
 
     Raises:
         _Stop: memory the unwind needs cannot be read.
@@ -225,7 +228,7 @@ def unwind_function(
         ops = _in_epilog(memory.read(pc, 32), pc, function, module.base)
         if ops is not None:
             _simulate_epilog(ops, regs, memory)
-            return
+            return False
     machine_frame = False
     first = True
     for _ in range(MAX_CHAIN):
@@ -256,6 +259,7 @@ def unwind_function(
         regs["rip"] = _qword(memory, regs["rsp"])
         regs["rsp"] += 8
     regs["rsp"] &= MASK64
+    return machine_frame
 
 
 def walk_stack(
@@ -285,7 +289,7 @@ def walk_stack(
         if sp % 8 or (stack is not None and not stack[0] <= sp < stack[1]):
             end = "stack-pointer-outside-stack"
             break
-        lookup = pc - 1 if len(frames) > 1 and pc else pc
+        lookup = pc - 1 if frames[-1].is_return_address and pc else pc
         module = next((candidate for candidate in modules if candidate.holds(lookup)), None)
         function = module.table.lookup(lookup - module.base) if module is not None and module.table is not None else None
         try:
@@ -298,8 +302,7 @@ def walk_stack(
                 how = "leaf"
             else:
                 control = pc if function.holds(pc - module.base) else lookup
-                unwind_function(regs, control, module, function, memory)
-                how = "unwind"
+                how = "trap" if unwind_function(regs, control, module, function, memory) else "unwind"
         except _Stop as stop:
             end = stop.reason
             break

@@ -93,8 +93,12 @@ def test_a_signal_ends_the_run_cleanly_with_every_report_and_log(tmp_path: Path,
     """Finished scenarios reported, the interrupted one reported as interrupted, its raw log whole, no Wine process left.
     A second signal during the teardown does not cut it short."""
     raw = tmp_path / "scenarios" / "long-run" / "kernel-raw.log"
-    process = harness("run", str(ROOT / "scenarios" / "03-no-receiver.yaml"), str(DATA / "long" / "long-run.yaml"), "--out", str(tmp_path))
+    # Two workers: the long scenario runs beside the short one, which finishes first (whichever the suite starts first).
+    process = harness(
+        "run", "-j", "2", str(ROOT / "scenarios" / "03-no-receiver.yaml"), str(DATA / "long" / "long-run.yaml"), "--out", str(tmp_path)
+    )
     wait_for(raw, NOTIFY)
+    wait_for(tmp_path / "scenarios" / "03-no-receiver" / "result.json", '"outcome": "passed"')
     for number in signals:
         process.send_signal(number)
         time.sleep(0.05)

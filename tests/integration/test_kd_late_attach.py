@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.guests.libvirt_vm.handoff import KdHandoff
 from harness.guests.libvirt_vm.standin import standin_vm
 from harness.guests.libvirt_vm.vm import VirtualMachine
 from harness.kd.serial import Endpoint, KdSerialReader, TextSerialReader
@@ -112,3 +113,30 @@ def test_a_snapshot_of_a_kernel_that_gave_up_talks_again_after_every_revert(mach
         assert arrived and breakin and arrived == list(range(breakin[0] + 1, breakin[0] + 1 + len(arrived))), (breakin, arrived)
         stops = [event.summary for event in kd_lines.events() if isinstance(event, DebugEvent) and event.kind == "state-change"]
         assert len(stops) == 1 and stops[0].startswith("state change: exception 0x80000003") and stops[0].endswith(", continued")
+
+
+def test_a_failed_vm_is_held_paused_and_a_debugger_on_the_printed_port_talks_to_its_kernel(machine: VirtualMachine, tmp_path: Path) -> None:
+    """--keep-failed (LibvirtGuest.hold_failed): the harness's reader lets go of COM1, the VM is paused, and COM1 is
+    served on a loopback TCP port; a debugger attaching there (here the harness's own KD reader, by the address the
+    printed command line names) resumes the VM, breaks in and gets the kernel's packets."""
+    machine.boot(paused=True)
+    timeline = Timeline()
+    with KdSerialReader(endpoint(machine.spec.com1), timeline, tmp_path / "kd-raw.log") as kd:
+        assert kd.wait_connected()
+        machine.resume()
+        before = wait_numbers(timeline, 3, 180)
+    assert before[:3] == [1, 2, 3]
+    with KdHandoff(machine.pause, machine.resume, endpoint(machine.spec.com1)) as handoff:
+        assert machine.state() == "paused"
+        [windbg, kd_line] = handoff.commands()
+        assert windbg == f"windbg -k com:ipport={handoff.port},port=127.0.0.1" and kd_line.startswith("kd -k com:ipport=")
+        port = int(windbg.split("ipport=")[1].split(",")[0])
+        debugger = Timeline()
+        with KdSerialReader(Endpoint.parse(f"tcp:127.0.0.1:{port}"), debugger, tmp_path / "debugger.raw", reconnect=False) as client:
+            assert client.wait_connected()
+            after = wait_numbers(debugger, 5, 120)
+        assert machine.state() == "running" and handoff.connections == 1
+        assert handoff.bytes_from_guest > 0 and handoff.bytes_to_guest > 0  # ACKs, the break-in and its continue went in
+    # The kernel went on from where it was held: its numbering continues, in order, without a gap.
+    assert after == list(range(after[0], after[0] + len(after))) and after[0] > before[-1]
+    assert any(event.kind == "attach" for event in debugger.events() if isinstance(event, DebugEvent))

@@ -245,6 +245,7 @@ def test_the_checks_read_back_what_was_set() -> None:
         "GetValue('PreventDeviceEncryption')",
         "GetValue('DEFAULT')",
         "GetValue('CrashDumpEnabled')",
+        "GetValue('NMICrashDump')",
         "$LASTEXITCODE",
     ):
         assert readback in script, readback

@@ -206,7 +206,25 @@ def test_a_machine_frame_restores_rip_and_rsp_from_it() -> None:
     mem = memory(image, {0x0: 0xE, 0x8: BASE + 0x1003, 0x10: 0x33, 0x18: 0x246, 0x20: STACK + 0x800, 0x28: 0x2B, 0x800: 0})
     image.function(0x1100, PROLOG + BODY, SIMPLE, prolog=5)
     walk = walk_stack({"rip": BASE + 0x1002, "rsp": STACK}, [image.module()], mem)
-    assert walk.frames[1] == StackFrame(BASE + 0x1003, STACK + 0x800, "unwind")
+    # The machine frame's RIP is the interrupted instruction itself, not a return address.
+    assert walk.frames[1] == StackFrame(BASE + 0x1003, STACK + 0x800, "trap")
+    assert not walk.frames[1].is_return_address
+
+
+def test_a_fault_at_the_first_instruction_of_a_function_is_unwound_from_that_function() -> None:
+    """A trap at a function's first byte: looking the function up at RIP - 1 (as for a return address) would find
+    the function before it, or none."""
+    image = Image()
+    image.function(0x1000, BODY, [slot(0, UWOP_PUSH_MACHFRAME, 1)], prolog=0)
+    image.function(0x1100, PROLOG + BODY + EPILOG, SIMPLE, prolog=5)
+    # The trap interrupted 0x1100 before its push: [old rsp] is its return address.
+    mem = memory(image, {0x0: 0xE, 0x8: BASE + 0x1100, 0x10: 0x33, 0x18: 0x246, 0x20: STACK + 0x800, 0x28: 0x2B, 0x800: CALLER})
+    walk = walk_stack({"rip": BASE + 0x1002, "rsp": STACK}, [image.module()], mem)
+    assert [(frame.pc, frame.how) for frame in walk.frames[:3]] == [
+        (BASE + 0x1002, "context"),
+        (BASE + 0x1100, "trap"),
+        (CALLER, "unwind"),
+    ]
 
 
 def test_large_allocations() -> None:

@@ -82,3 +82,14 @@ def test_a_cancelled_suite_tears_down_running_and_early_started_guests(tmp_path:
     outcome = suite.run()
     assert [r.message.startswith("interrupted") for r in outcome.results] == [True]
     assert lanes.guests and all(guest.stopped for _, guest in lanes.guests)  # the running one and the one started early
+
+
+def test_every_worker_gets_an_item_though_each_takes_its_next_early(tmp_path: Path) -> None:
+    lanes = Lanes()
+    suite = Suite(items(tmp_path, 2, LONG.replace("wait: 30s", "wait: 1s")), lanes, tmp_path / "out", jobs=2, warm=True)
+    outcome = suite.run()
+    assert [r.outcome for r in outcome.results] == ["passed", "passed"]
+    # Two items, two workers: they ran at the same time (each on a lane of its own worker), not one after the other.
+    starts = sorted(r.started_at for r in outcome.results)
+    assert starts[1] - starts[0] < min(r.duration for r in outcome.results)
+    assert {lane for lane, _ in lanes.guests} == {0, 2}

@@ -67,6 +67,12 @@ class VmSettings(_Strict):
     # there, before Windows could write a dump (QEMU pauses the guest at that write).
     crash_dumps: bool = True
     dump_timeout: float = 900.0  # seconds for a crashed guest to write its dump, restart and answer again
+    # At a hang the kernel debugger breaks in and reads every processor's stack (at most stacks_timeout seconds),
+    # then continues (none), or makes Windows write a dump: "crash" (the debugger-initiated bugcheck 0xE2, as
+    # WinDbg's .crash) or "nmi" (libvirt's injectNMI; Windows bugchecks 0x80 when NMICrashDump is set, as the image
+    # recipe does); the dump is pulled like a crash's.
+    hang_dump: Literal["none", "crash", "nmi"] = "none"
+    stacks_timeout: float = 60.0
     ready_timeout: float = 900.0
     watchdog: float = 300.0  # seconds of serial silence with no CPU progress before a scenario is "hung"
     # The guest: Windows, or the project's Linux stand-in (tests of the VM path without Windows: a kernel booted
@@ -81,7 +87,7 @@ class VmSettings(_Strict):
         """Where each run's VM files go: ``work_dir``, else the state folder's vm/."""
         return self.work_dir or default_state_dir() / "vm"
 
-    @field_validator("ready_timeout", "watchdog", "dump_timeout", mode="before")
+    @field_validator("ready_timeout", "watchdog", "dump_timeout", "stacks_timeout", mode="before")
     @classmethod
     def _duration(cls, value: object) -> float:
         return parse_duration(value)

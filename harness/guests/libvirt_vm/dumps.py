@@ -5,7 +5,8 @@ the dump into the page file during the bugcheck, restarts, and at the next
 boot moves it to ``%SystemRoot%\\Minidump``. So the harness waits for the
 transport to answer again, lists the dump folder, and downloads every dump it
 did not see in the ready snapshot, with a SHA-256 check, into the scenario's
-folder. Nothing here raises: what happened is one line of the report.
+folder. Nothing here raises: what happened is one line of the report. Each dump's own header is read on this
+host and set beside what the kernel debugger saw (``with_headers``).
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import logging
 import re
 import time
 from collections.abc import Callable, Collection
+from dataclasses import replace
 from pathlib import Path
 
 from harness.errors import GuestError
 from harness.guests.base import CrashEvidence
 from harness.transports.base import Transport
+from harness.triage.dumpfile import DumpError, read_header
 
 log = logging.getLogger(__name__)
 
@@ -92,3 +95,21 @@ def collect_dumps(
         note += "; failed: " + "; ".join(problems)
     log.info("%s", note)
     return CrashEvidence(tuple(files), note)
+
+
+def with_headers(evidence: CrashEvidence, code: int | None, parameters: tuple[int, ...]) -> CrashEvidence:
+    """The evidence with each pulled dump's own header (DUMP_HEADER64) read and compared with the kernel debugger's
+    view of the bugcheck (``code``, ``parameters``): both go in the report, a mismatch flagged."""
+    headers = []
+    lines = []
+    for path in evidence.files:
+        try:
+            header = read_header(path)
+        except DumpError as error:
+            lines.append(f"{path.name}: {error}")
+            continue
+        headers.append(header)
+        lines.append(f"{header.describe()}; {header.compare(code, parameters)}")
+    if not lines:
+        return evidence
+    return replace(evidence, note="; ".join([evidence.note, *lines]) if evidence.note else "; ".join(lines), headers=tuple(headers))

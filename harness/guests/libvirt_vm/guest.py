@@ -24,8 +24,10 @@ import hashlib
 import logging
 import os
 import re
+import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -33,16 +35,18 @@ from harness.errors import ConfigError, GuestError
 from harness.guests.base import ControlResult, CrashEvidence, DriverInstall, Guest, ProgramResult
 from harness.guests.libvirt_vm.config import HarnessConfig
 from harness.guests.libvirt_vm.domain_xml import PortForward
-from harness.guests.libvirt_vm.dumps import collect_dumps, dump_names
+from harness.guests.libvirt_vm.dumps import collect_dumps, dump_names, with_headers
 from harness.guests.libvirt_vm.events import LifecycleEvent, crash_from_lifecycle
+from harness.guests.libvirt_vm.handoff import KdHandoff, wait_released
 from harness.guests.libvirt_vm.host import LocalHost, VmHost, free_port, parse_remote_uri, remote_port, vm_host
 from harness.guests.libvirt_vm.shell import GuestShell, StandinShell, WindowsShell
 from harness.guests.libvirt_vm.spec import vm_spec
 from harness.guests.libvirt_vm.vm import VirtualMachine, Watchdog, detect_accel, new_name, remove_stale
 from harness.image.manifest import check_manifest
 from harness.kd.serial import Endpoint, KdSerialReader, SerialReader, TextSerialReader
+from harness.kd.session import MANUALLY_INITIATED_CRASH
 from harness.kernel.events import DebugEvent, Event, GuestCrash, GuestHang, LogLine, program_source
-from harness.timeline import Timeline
+from harness.timeline import Cancelled, Timeline
 from harness.transports.base import Transport, TransportError, connect_with_retries
 from harness.transports.commands import (
     parse_run_output,
@@ -57,6 +61,7 @@ log = logging.getLogger(__name__)
 PROGRAM_UPLOAD_TIMEOUT = 120.0
 PROGRAM_REPORT_GRACE = 60.0
 IMAGE_HELP = "prepare one from a Windows ISO as vm-images/README.md describes, and point vm.image at it"
+NMI_HARDWARE_FAILURE = 0x80  # the bugcheck of an NMI with CrashControl\NMICrashDump set
 _DRIVER_ENTRY = re.compile(r"DriverEntry status:\(0x([0-9A-Fa-f]{8})\)")
 #: Win32 errors sc.exe reports, back to the NTSTATUS that most often causes them (lossy: used only
 #: when the driver does not log its own status).
@@ -114,6 +119,7 @@ class VmSession:
         # the run (close() removes only the VM's run folder).
         self.log_dir = work
         self.prepared = False
+        self.keep_failed = False  # --keep-failed: hold a failed VM for a debugger (LibvirtGuest.hold_failed)
         self.shell: GuestShell = StandinShell() if settings.guest_os == "standin" else WindowsShell(config.guest_dir)
         self.dump_listing = self.shell.list_dumps()
         self.known_dumps: tuple[str, ...] = ()  # in the ready snapshot already: not this scenario's
@@ -282,6 +288,7 @@ class LibvirtGuest(Guest):
         self.transport: Transport | None = None
         self.watchdog: Watchdog | None = None
         self.upload_folder_ready = False
+        self.forced_dump = ""  # "crash" or "nmi" once a dump was forced at a hang
 
     @property
     def raw_log(self) -> Path:
@@ -292,6 +299,8 @@ class LibvirtGuest(Guest):
         return self.session.config.vm.uri
 
     def _on_lifecycle(self, event: LifecycleEvent) -> None:
+        if self.forced_dump and event.event == "rebooted":
+            return  # the restart after the dump the harness asked for at a hang: not a crash
         crash = crash_from_lifecycle(event, self.timeline.now(), self.session.vm.domain_log)
         if crash is not None:
             self.timeline.append(crash)
@@ -312,7 +321,86 @@ class LibvirtGuest(Guest):
         self.watchdog.start()
         self.transport = self.session.connect_transport(self.session.config.transport.timeout * 3)
 
+    # -- where it crashed or hung (the KD reader reads the stopped kernel; harness.kd.inspect) ------------------------
+
+    def module_name(self, driver: DriverInstall) -> str:
+        """Drivers are installed as C:\\kcb\\<service>.sys (``install``): the kernel's module list names them so."""
+        return f"{driver.service}.sys"
+
+    def _kd_reader(self) -> KdSerialReader | None:
+        return next((reader for reader in self.readers if isinstance(reader, KdSerialReader)), None)
+
+    def report_stacks(self, timeout: float) -> None:
+        """Break in over KD, read every processor's stack, and continue; or, with ``vm.hang_dump``, make Windows write
+        a dump (the debugger-initiated crash, or an NMI) that ``collect_hang_evidence`` pulls. Never raises."""
+        reader = self._kd_reader()
+        if reader is None:
+            return
+        settings = self.session.config.vm
+        reader.report_stacks(max(timeout, settings.stacks_timeout), crash_after=settings.hang_dump == "crash")
+        if settings.hang_dump == "crash":
+            self.forced_dump = "crash"
+        elif settings.hang_dump == "nmi":
+            reader.expect_forced_bugcheck(NMI_HARDWARE_FAILURE)
+            self.forced_dump = "nmi" if self.session.vm.inject_nmi() else ""
+
+    def collect_hang_evidence(self, dest: Path) -> CrashEvidence:
+        """The dump forced at a hang (``vm.hang_dump``), pulled as a crash's; nothing when none was asked for."""
+        if not self.forced_dump:
+            return CrashEvidence()
+        code = MANUALLY_INITIATED_CRASH if self.forced_dump == "crash" else NMI_HARDWARE_FAILURE
+        evidence = self._pull_dumps(dest)
+        return (
+            with_headers(evidence, None, ()) if evidence.files else replace(evidence, note=f"forced bugcheck 0x{code:X}: {evidence.note}")
+        )
+
     def collect_crash_evidence(self, dest: Path) -> CrashEvidence:
+        """Wait until the kernel debugger has read the bugcheck's stacks, then for Windows to restart, and pull the new
+        minidumps with their headers compared with the debugger's view (harness.guests.libvirt_vm.dumps)."""
+        reader = self._kd_reader()
+        if reader is not None:
+            reader.wait_inspected(self.session.config.vm.stacks_timeout)
+        evidence = self._pull_dumps(dest)
+        crash = next((event for event in self.timeline.of_type(GuestCrash) if event.code is not None), None)
+        return with_headers(evidence, crash.code if crash else None, crash.parameters if crash else ())
+
+    def hold_failed(self, why: str) -> None:
+        """``--keep-failed``: pause the VM and serve its KD link (COM1) on a loopback TCP port for WinDbg or kd,
+        printing how to attach, until the user presses Enter (or the run is cancelled). Never raises."""
+        spec = self.session.vm.spec
+        if not self.session.keep_failed or spec.com1 is None:
+            return
+        if isinstance(spec.com1, int):
+            log.warning("--keep-failed: the VM's COM1 is on a remote VM host; attach there (port %s of its loopback)", spec.com1)
+            return
+        if self.watchdog is not None:  # a held VM is not hung
+            self.watchdog.stop()
+            self.watchdog = None
+        for reader in [reader for reader in self.readers if isinstance(reader, KdSerialReader)]:
+            reader.stop()  # the serial socket takes one client: the debugger's
+            self.readers.remove(reader)
+        try:
+            with KdHandoff(self.session.vm.pause, self.session.vm.resume, self.session.serial_endpoint(spec.com1)) as handoff:
+                lines = [
+                    f"kept for debugging ({why}): the VM {spec.name} is paused; its kernel debugger link is on 127.0.0.1:{handoff.port}"
+                ]
+                lines += [f"  attach: {command}" for command in handoff.commands()]
+                lines.append(f"  from another machine: ssh -L {handoff.port}:127.0.0.1:{handoff.port} <this host>, then attach there")
+                lines.append("  press Enter here to release it")
+                sys.stdout.write("\n".join(lines) + "\n")
+                how = wait_released(sys.stdout, sys.stdin, self._cancelled)
+                log.info("the held VM was released (%s) after %s debugger connection(s)", how, handoff.connections)
+        except OSError as error:
+            log.warning("--keep-failed: could not serve the VM's kernel debugger link: %s", error)
+
+    def _cancelled(self) -> bool:
+        try:
+            self.timeline.check_cancelled()
+        except Cancelled:
+            return True
+        return False
+
+    def _pull_dumps(self, dest: Path) -> CrashEvidence:
         """Wait for Windows to restart after its bugcheck and pull the new minidumps (see harness.guests.libvirt_vm.dumps)."""
         if self.watchdog is not None:  # a guest writing its dump and restarting is not hung
             self.watchdog.stop()
@@ -369,6 +457,9 @@ class LibvirtGuest(Guest):
                 raise GuestError(f"creating {shell.folder} failed: {output.strip()[:300]}")
             self.upload_folder_ready = True
         remote = shell.path(f"{driver.service}.sys")
+        reader = self._kd_reader()
+        if reader is not None:  # the kernel debugger unwinds through this driver with the file's unwind data
+            reader.add_image(self.module_name(driver), driver.image)
         self.transport.upload(driver.image, remote, timeout)
         code, output = self._run(shell.create_service(driver.service, remote), timeout)
         if code != 0:

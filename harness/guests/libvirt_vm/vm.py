@@ -266,6 +266,23 @@ class VirtualMachine:
         except libvirt.libvirtError:
             return None
 
+    def inject_nmi(self) -> bool:
+        """Send the guest a non-maskable interrupt (libvirt injectNMI); False when libvirt refused."""
+        libvirt = libvirt_module()
+        if self._dom is None:
+            return False
+        try:
+            self._dom.injectNMI(0)
+        except libvirt.libvirtError as error:
+            log.warning("could not inject an NMI into %s: %s", self.spec.name, error.get_error_message())
+            return False
+        return True
+
+    def pause(self) -> None:
+        """Stop the vCPUs (``resume`` goes on)."""
+        if self._dom is not None and self._dom.info()[0] == libvirt_module().VIR_DOMAIN_RUNNING:
+            self._dom.suspend()
+
     def resume(self) -> None:
         if self._dom is not None and self._dom.info()[0] == libvirt_module().VIR_DOMAIN_PAUSED:
             self._dom.resume()
