@@ -447,15 +447,21 @@ class LibvirtGuest(Guest):
         result = self.transport.run(command, timeout)  # CommandTimeout is a GuestHung: a stuck command is a hang
         return result.exit_code, result.stdout + result.stderr
 
+    def _upload_folder(self, timeout: float) -> None:
+        """Create the upload folder once per scenario, before anything is written into it (SFTP does not create it)."""
+        if self.upload_folder_ready:
+            return
+        shell = self.session.shell
+        code, output = self._run(shell.make_folder(), timeout)
+        if code != 0:
+            raise GuestError(f"creating {shell.folder} failed: {output.strip()[:300]}")
+        self.upload_folder_ready = True
+
     def install(self, driver: DriverInstall, timeout: float) -> None:
         if self.transport is None:
             raise GuestError("the VM guest is not started")
         shell = self.session.shell
-        if not self.upload_folder_ready:  # SFTP does not create the folder it writes into
-            code, output = self._run(shell.make_folder(), timeout)
-            if code != 0:
-                raise GuestError(f"creating {shell.folder} failed: {output.strip()[:300]}")
-            self.upload_folder_ready = True
+        self._upload_folder(timeout)
         remote = shell.path(f"{driver.service}.sys")
         reader = self._kd_reader()
         if reader is not None:  # the kernel debugger unwinds through this driver with the file's unwind data
@@ -505,11 +511,7 @@ class LibvirtGuest(Guest):
         if self.transport is None:
             raise GuestError("the VM guest is not started")
         shell = self.session.shell
-        if not self.upload_folder_ready:  # SFTP does not create the folder it writes into
-            code, output = self._run(shell.make_folder(), PROGRAM_UPLOAD_TIMEOUT)
-            if code != 0:
-                raise GuestError(f"creating {shell.folder} failed: {output.strip()[:300]}")
-            self.upload_folder_ready = True
+        self._upload_folder(PROGRAM_UPLOAD_TIMEOUT)
         remote = shell.path(program.name)
         self.transport.upload(program, remote, PROGRAM_UPLOAD_TIMEOUT)
         result = self.transport.run(shell.run_program(remote, args, timeout), timeout + PROGRAM_REPORT_GRACE)
