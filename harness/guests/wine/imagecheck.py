@@ -50,8 +50,8 @@ def refusal(image: str, facts: ImageFacts, inventory: KernelInventory) -> str | 
         return None
     parts = [image]
     if missing:
-        parts.append(f" imports functions the embedded guest does not implement: {', '.join(sorted(missing))}")
+        parts.append(f" imports functions the embedded guest does not implement: {', '.join(sorted(missing, key=str.lower))}")
     if foreign:
         parts.append(";" if missing else "")
-        parts.append(f" imports from DLLs the embedded guest does not provide: {', '.join(sorted(foreign))}")
+        parts.append(f" imports from DLLs the embedded guest does not provide: {', '.join(sorted(foreign, key=str.lower))}")
     return "".join(parts) + f"; {ON_WINDOWS}"
