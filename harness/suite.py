@@ -372,6 +372,13 @@ def longest_first(items: Sequence[Item], history: Mapping[str, float]) -> list[i
     return sorted(range(len(items)), key=lambda index: -history.get(items[index].key, float("inf")))
 
 
+def busy_time(result: ScenarioResult) -> float:
+    """How long an item kept its worker: from its first step (its guest up) to its end. (Its timeline may begin
+    earlier: a warm pool sets up the next item while the one before runs.)"""
+    ran = [step for step in result.steps if step.state != "skipped"]
+    return result.duration - ran[0].start if ran else result.duration
+
+
 def load_history(path: Path) -> dict[str, float]:
     """Item durations of earlier runs (``save_history``); empty when there are none or the file is unreadable."""
     try:
@@ -384,7 +391,7 @@ def load_history(path: Path) -> dict[str, float]:
 def save_history(path: Path, results: Sequence[ScenarioResult]) -> None:
     """Remember how long each item took (merged into what was remembered), for the next run's ``longest_first``."""
     history = load_history(path)
-    history.update({result.key: round(result.duration, 3) for result in results if result.duration > 0})
+    history.update({result.key: round(busy_time(result), 3) for result in results if busy_time(result) > 0})
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(history, indent=1, sort_keys=True) + "\n", encoding="utf-8")

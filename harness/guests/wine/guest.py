@@ -139,7 +139,7 @@ class WineGuest(Guest):
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._lock.__enter__()
         self._locked = True
-        self.prefix.kill_session()  # a session left over by a harness that died
+        self.prefix.end_session()  # a session left over by a harness that died
         self._raw = open(self.raw_log, "wb", buffering=0)  # noqa: SIM115 - closed in stop()
         log_reader, self._log_writer = os.pipe()  # the session's stderr: the kernel log
         self._spawn(self._read_kernel_log, open(log_reader, "rb"))  # noqa: SIM115 - closed by its reader
@@ -163,7 +163,7 @@ class WineGuest(Guest):
 
     def stop(self) -> None:
         if self._agent is not None:
-            self.prefix.kill_session()
+            self.prefix.end_session()
             try:
                 self._agent.wait(timeout=10)
             except subprocess.TimeoutExpired:

@@ -211,6 +211,22 @@ class WinePrefix:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
+    def end_session(self, timeout: float = 10.0) -> None:
+        """End the prefix's Wine session at once: SIGKILL to every process of it, the wineserver included, and wait
+        until they are gone. Faster than ``kill_session`` (``wineserver -k`` takes ~0.75 s), and the registry is not
+        saved: a scenario's services and Parameters die with its session, and the next one starts from the prefix as
+        prepared. (Wine saves its registry by replacing the file, so a kill never leaves half of one.)
+        """
+        deadline = time.monotonic() + timeout
+        while pids := self.session_pids():
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if time.monotonic() > deadline:
+                log.warning("processes of the Wine session %s survived SIGKILL for %ss: %s", self.root, timeout, pids)
+                return
+            time.sleep(0.01)
+
     def run(self, args: list[str], timeout: float) -> tuple[int, str]:
         """Run a Wine program to completion; (exit code, its output). Output goes through a file, not a pipe."""
         with tempfile.TemporaryFile() as output:
