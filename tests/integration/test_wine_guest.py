@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 from pathlib import Path
 
@@ -145,3 +146,12 @@ def test_clones_run_sessions_beside_each_other_and_never_change_their_base(
     assert prefix_contents(wine_prefix) == before
     for clone in clones:
         assert clone.session_pids() == []
+
+
+def test_a_session_starts_none_of_wines_usb_and_hid_bus_drivers(wine_factory: GuestFactory, settings: Settings, tmp_path: Path) -> None:
+    """They serve the host's hardware, which no scenario uses; wineusb's was seen to fault while a session started."""
+    result = run(ROOT / "scenarios" / "03-no-receiver.yaml", wine_factory, settings.drivers_dir, tmp_path)
+    assert result.outcome == "passed", result.message
+    loaded = dict(re.findall(r"kcb-shim: load (\S+) status 0x([0-9a-f]{8})", result.raw_log.read_text()))
+    assert loaded.get("kcbanchor") == loaded.get("sysTest") == "00000000", loaded
+    assert all(loaded.get(driver, "none") != "00000000" for driver in ("winebus", "wineusb")), loaded  # refused, or not tried

@@ -36,6 +36,10 @@ _DLL_DIRS = ("../x86_64-linux-gnu/wine/x86_64-windows", "../lib/wine/x86_64-wind
 _AEDEBUG = r"HKLM\Software\Microsoft\Windows NT\CurrentVersion\AeDebug"
 #: Bump when ensure() changes what it does to a prefix, so existing prefixes get it again.
 RECIPE = 2
+#: Wine's own bus drivers for the host's USB and HID devices: a scenario's session needs none, they cost CPU at every
+#: session start, and wineusb's was seen to fault in IoCreateDevice during start under load (2 of 500 busy soak runs).
+#: Wine starts them whatever their service's Start value says; a DLL override keeps them from loading.
+UNUSED_SERVICES = ("winebus", "wineusb")
 NO_DEBUGGER = r"C:\kcb\no-debugger-on-purpose.exe %ld %ld"
 
 
@@ -157,7 +161,8 @@ class WinePrefix:
             WINEPREFIX=str(self.root),
             WINEDEBUG=debug,
             # mscoree/mshtml off: no Mono/Gecko install prompts (and no network) on wineboot.
-            WINEDLLOVERRIDES=f"ntoskrnl.exe={'n' if shim else 'b'};mscoree,mshtml=",
+            # An empty override disables a DLL: Wine's USB and HID bus drivers then fail to load at once (see UNUSED_SERVICES).
+            WINEDLLOVERRIDES=f"ntoskrnl.exe={'n' if shim else 'b'};mscoree,mshtml=;{','.join(f'{s}.sys' for s in UNUSED_SERVICES)}=",
             WINEARCH="win64",
         )
         return env
