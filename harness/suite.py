@@ -128,7 +128,7 @@ class Worker:
     progress: Callable[[str], None] | None = None
     symbol_dirs: tuple[Path, ...] = ()  # more folders with the drivers' symbol files
     _turn: int = 0
-    _pending: tuple[Item, SetUp] | None = None
+    _pending: tuple[Item, SetUp, int] | None = None  # the next item, set up (its guest starting) on that lane
     _lanes: dict[int, _Lane] = field(default_factory=dict)
     current: SetUp | None = None  # the item running now (the suite cancels its timeline)
 
@@ -139,13 +139,15 @@ class Worker:
             ScenarioInterrupted: Ctrl-C, SIGTERM, or the suite cancelled it (its result is in the exception).
         """
         if self._pending is not None and self._pending[0] == item:
-            prepared = self._pending[1]
+            prepared, number = self._pending[1], self._pending[2]
             self._pending = None
         else:
             self.discard_pending()
-            prepared = self._prepare(item, early=False)
+            number = self._next_lane()
+            prepared = self._prepare(item, number, early=False)
         if next_item is not None and len(self.numbers) > 1:
-            self._pending = (next_item, self._prepare(next_item, early=True))
+            other = self._next_lane()
+            self._pending = (next_item, self._prepare(next_item, other, early=True), other)
         self.current = prepared
         try:
             result = run_set_up(prepared, self.progress)
@@ -153,10 +155,10 @@ class Worker:
                 log.warning("%s: %s; running it once more on a fresh guest", item.key, result.message)
                 if self.progress is not None:
                     self.progress(f"INFRA {item.key}: {result.message}; retrying once")
-                for lane in self._lanes.values():  # the first attempt's guest is down: its logs are complete
-                    lane.wait_idle()
+                self._lanes[number].wait_idle()  # the first attempt's guest is down: its logs are complete
                 self._keep_attempt(result)
-                self.current = retry = self._prepare(item, early=False)
+                # On the same lane: the other may be starting the next item's guest.
+                self.current = retry = self._prepare(item, number, early=False)
                 result = run_set_up(retry, self.progress)
         except ScenarioInterrupted as interrupted:
             self._finish(item, interrupted.result)
@@ -175,9 +177,12 @@ class Worker:
             if path != kept:
                 path.rename(kept / path.name)
 
-    def _prepare(self, item: Item, early: bool) -> SetUp:
+    def _next_lane(self) -> int:
         number = self.numbers[self._turn % len(self.numbers)]
         self._turn += 1
+        return number
+
+    def _prepare(self, item: Item, number: int, early: bool) -> SetUp:
         lane = self._lanes.setdefault(number, _Lane())
         factory = self.lanes.factory(number, item.image)
         prepared = set_up(item.scenario, factory, item.drivers_dir, self.out_dir / "scenarios" / item.key, self.symbol_dirs)

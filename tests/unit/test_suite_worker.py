@@ -93,3 +93,46 @@ def test_every_worker_gets_an_item_though_each_takes_its_next_early(tmp_path: Pa
     starts = sorted(r.started_at for r in outcome.results)
     assert starts[1] - starts[0] < min(r.duration for r in outcome.results)
     assert {lane for lane, _ in lanes.guests} == {0, 2}
+
+
+class OneAtATimeGuest(ScriptedGuest):
+    """Records a lane hosting two guests at once (as one Wine prefix or one VM cannot)."""
+
+    active: dict[int, int] = {}  # noqa: RUF012 - lane -> guests up on it
+    clashes: list[int] = []  # noqa: RUF012
+
+    def __init__(self, timeline: Timeline, run_dir: Path, lane: int, broken: bool) -> None:
+        super().__init__(timeline, run_dir, succeed)
+        self.lane, self.broken = lane, broken
+
+    def start(self) -> None:
+        up = OneAtATimeGuest.active.get(self.lane, 0) + 1
+        OneAtATimeGuest.active[self.lane] = up
+        if up > 1:
+            OneAtATimeGuest.clashes.append(self.lane)
+        super().start()
+        if self.broken:
+            raise GuestError("the guest broke while starting")
+
+    def stop(self) -> None:
+        if not self.stopped and self.started:
+            OneAtATimeGuest.active[self.lane] -= 1
+        super().stop()
+
+
+def test_an_infra_retry_runs_on_its_own_lane_while_the_next_guest_starts_on_the_other(tmp_path: Path) -> None:
+    made: list[OneAtATimeGuest] = []
+
+    class RetryLanes(Lanes):
+        def factory(self, lane: int, image: str | None) -> GuestFactory:
+            def make(timeline: Timeline, run_dir: Path) -> Guest:
+                made.append(OneAtATimeGuest(timeline, run_dir, lane, broken=not made))
+                return made[-1]
+
+            return make
+
+    OneAtATimeGuest.active, OneAtATimeGuest.clashes = {}, []
+    outcome = Suite(items(tmp_path, 3), RetryLanes(), tmp_path / "out", jobs=1, warm=True).run()
+    assert [r.outcome for r in outcome.results] == ["passed"] * 3
+    assert OneAtATimeGuest.clashes == [] and all(guest.stopped for guest in made)
+    assert (tmp_path / "out" / "scenarios" / "case-0" / ATTEMPT).is_dir()
