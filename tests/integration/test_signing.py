@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import shutil
 import subprocess
 from pathlib import Path
@@ -43,6 +44,13 @@ def test_a_tampered_image_fails_verification(tmp_path: Path, settings: Settings)
 PAGE_HASH_OIDS = (bytes.fromhex("060a2b060104018237020301"), bytes.fromhex("060a2b060104018237020302"))
 
 
+def pem_body(text: str) -> bytes:
+    """The DER inside one PEM block."""
+    lines = text.strip().splitlines()
+    assert lines[0].startswith("-----BEGIN ") and lines[-1].startswith("-----END "), text[:200]
+    return base64.b64decode("".join(lines[1:-1]))
+
+
 def test_signatures_carry_no_page_hashes(tmp_path: Path, settings: Settings) -> None:
     # osslsigncode's page hashes are known to be wrong (mtrojnar/osslsigncode#8) and Windows then refuses the
     # driver (error 577, #86, #111): sign without them. Checked in osslsigncode's report and in the signature itself.
@@ -51,8 +59,10 @@ def test_signatures_carry_no_page_hashes(tmp_path: Path, settings: Settings) -> 
     sign(image, ensure_certificate(tmp_path / "cert"))
     report = verify(image, tmp_path / "cert" / "ca.crt")
     assert "Signature verification: ok" in report and "Page hash" not in report
-    signature = tmp_path / "receiver.p7"
-    subprocess.run(["osslsigncode", "extract-signature", "-in", str(image), "-out", str(signature)], check=True, capture_output=True)
-    der = signature.read_bytes()
+    # PEM: without -pem, osslsigncode 2.5 (Debian 12) writes the WIN_CERTIFICATE with its 8-byte header, 2.9 the bare DER.
+    signature = tmp_path / "receiver.pem"
+    extract = ["osslsigncode", "extract-signature", "-pem", "-in", str(image), "-out", str(signature)]
+    subprocess.run(extract, check=True, capture_output=True)
+    der = pem_body(signature.read_text())
     assert der[:1] == b"\x30" and len(der) > 500
     assert not any(oid in der for oid in PAGE_HASH_OIDS)
