@@ -31,7 +31,12 @@ cleanup() {
 }
 trap cleanup EXIT
 # By its socket, not its process name: a virtlogd of another root (a chroot, a container sharing pids) does not count.
-if [ ! -S /run/libvirt/virtlogd-sock ]; then
+# And by connecting to it: a daemon that was killed (a machine whose processes ended, a crash) leaves the socket file.
+virtlogd_answers() {
+  python3 -c 'import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])' /run/libvirt/virtlogd-sock 2>/dev/null
+}
+if ! virtlogd_answers; then
+  rm -f /run/libvirt/virtlogd-sock /run/libvirt/virtlogd-admin-sock
   virtlogd -d
   started_virtlogd=yes
   echo "started virtlogd"
