@@ -104,3 +104,27 @@ def test_remove_stale_skips_live_owners(tmp_path: Path, golden: Path) -> None:
         assert mine.state() == "running"
     finally:
         mine.close()
+
+
+def test_a_second_boot_starts_from_the_variables_template_again(tmp_path: Path, golden: Path) -> None:
+    # A boot that failed (libvirt refused the domain) is tried again on the same VM by the suite's infra retry;
+    # that boot must copy the OVMF template again, not the first boot's copy onto itself.
+    template = tmp_path / "OVMF_VARS.fd"
+    template.write_bytes(b"template" * 512)
+    code = tmp_path / "OVMF_CODE.fd"
+    code.write_bytes(b"\0" * 4096)
+    spec = DomainSpec(
+        name=new_name("kcbunit"), memory_mib=64, vcpus=1, disk=golden, domain_type="test", firmware="uefi", panic="none", hyperv=False,
+        ovmf_code=code, nvram=template, owner_pid=os.getpid(),
+    )  # fmt: skip
+    machine = VirtualMachine(URI, spec, golden, tmp_path / "run")
+    machine.connect()
+    try:
+        machine.boot()
+        (machine.work_dir / "vars-0.fd").write_bytes(b"changed by the first boot")
+        machine.destroy_domain()
+        machine.boot()
+        assert machine.spec.nvram is not None and machine.spec.nvram.read_bytes() == template.read_bytes()
+    finally:
+        machine.close()
+    assert template.read_bytes() == b"template" * 512

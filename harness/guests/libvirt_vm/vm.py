@@ -113,6 +113,7 @@ class VirtualMachine:
         self.image = image
         self.work_dir = work_dir
         self.spec = spec
+        self._vars_template = spec.nvram  # spec.nvram becomes the running VM's copy; every boot starts from this
         self.lifecycle = DomainEvents(lambda: self.spec.name)
         self._conn: Any = None
         self._dom: Any = None
@@ -351,10 +352,10 @@ class VirtualMachine:
     def _fresh_nvram(self) -> Path | None:
         if self.spec.firmware != "uefi":
             return None
-        if self.spec.nvram is None:
+        if self._vars_template is None:
             raise GuestError("UEFI needs an OVMF variables template")
         target = self.work_dir / "vars-0.fd"
-        self.host.copy(self.spec.nvram, target)
+        self.host.copy(self._vars_template, target)
         return target
 
 
