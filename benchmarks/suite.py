@@ -3,12 +3,14 @@
 Prints, for the shipped scenarios on the embedded guest (median of --rounds rounds):
   1. suite wall time at -j 1 and -j N (default 2), and their ratio;
   2. the per-scenario overhead with and without the warm pool at -j 1: wall time minus the time the scenarios'
-     steps themselves took, divided by the number of scenarios (guest start and teardown, installs, reports).
+     steps themselves took, divided by the number of scenarios (guest start and teardown, installs, reports);
+  3. what a worker's own Wine prefix costs: a clone of the prepared prefix (hard links) against a full copy.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -20,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from harness.config import Settings  # noqa: E402
 from harness.guests import open_lanes  # noqa: E402
+from harness.guests.wine.prefix import GuestFiles, WinePrefix, WineTools  # noqa: E402
 from harness.runner import ScenarioResult  # noqa: E402
 from harness.scenario.loader import discover, load_scenario  # noqa: E402
 from harness.suite import Suite, expand  # noqa: E402
@@ -46,6 +49,25 @@ def suite_round(jobs: int, warm: bool, out: Path, history: dict[str, float]) -> 
     return wall, overhead, sum(result.passed for result in results)
 
 
+def clone_cost(out: Path) -> tuple[float, float]:
+    """(seconds for a hard-link clone of the prepared Wine prefix, seconds for a full copy of it)."""
+    settings = Settings.defaults()
+    prefix = WinePrefix(settings.cache_dir / "wine-prefix", WineTools.find(), GuestFiles.in_dir(settings.build_dir / "wine"))
+    prefix.ensure()
+    index = 99  # far above any worker's index, so no worker's clone is touched
+    clone = prefix.root.with_name(f"{prefix.root.name}-{index}")
+    shutil.rmtree(clone, ignore_errors=True)
+    started = time.monotonic()
+    prefix.clone(index)
+    cloned = time.monotonic() - started
+    shutil.rmtree(clone, ignore_errors=True)
+    started = time.monotonic()
+    shutil.copytree(prefix.root, out / "full-copy", symlinks=True)
+    copied = time.monotonic() - started
+    shutil.rmtree(out / "full-copy", ignore_errors=True)
+    return cloned, copied
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
@@ -59,6 +81,7 @@ def main() -> None:
             for (label, warm), samples in runs.items():
                 jobs = 1 if label == "j1" else args.jobs
                 samples.append(suite_round(jobs, warm, Path(folder) / f"{label}-{warm}-{index}", history))
+        cloned, copied = clone_cost(Path(folder))
     wall = {key: statistics.median(sample[0] for sample in samples) for key, samples in runs.items()}
     overhead = {key: statistics.median(sample[1] for sample in samples) for key, samples in runs.items()}
     passed = {key: min(sample[2] for sample in samples) for key, samples in runs.items()}
@@ -69,6 +92,7 @@ def main() -> None:
     cold, hot = overhead[("j1", False)], overhead[("j1", True)]
     print(f"per-scenario overhead at -j 1   without warm pool: {cold:.2f} s   with warm pool: {hot:.2f} s")
     print(f"  (suite wall time at -j 1 without warm pool {wall[('j1', False)]:.1f} s, with {wall[('j1', True)]:.1f} s)")
+    print(f"a worker's Wine prefix: clone (hard links) {cloned:.2f} s   full copy {copied:.2f} s")
 
 
 if __name__ == "__main__":
