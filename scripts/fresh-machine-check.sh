@@ -52,7 +52,7 @@ if [ ! -s "$cache" ]; then
   rm -rf "$staging"
 fi
 
-[ ! -e "$root" ] || { root_was=$root; cleanup; root=$root_was; }
+[ ! -e "$root" ] || { keep_asked=$keep; keep=""; cleanup; keep=$keep_asked; }  # made anew: a kept root goes now
 trap cleanup EXIT
 mkdir -p "$root"
 tar -C "$root" -xf "$cache"
