@@ -106,6 +106,35 @@ def test_remove_stale_skips_live_owners(tmp_path: Path, golden: Path) -> None:
         mine.close()
 
 
+def test_a_domain_that_goes_away_while_stale_ones_are_looked_for_is_passed_over(
+    tmp_path: Path, golden: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Lanes share a libvirt: another lane's VM can vanish (a revert destroys it, a close removes it) between the
+    # listing of the domains and the look at each one.
+    other = make_vm(tmp_path / "b", golden)
+    other.connect()
+    other.boot()
+    real_open = libvirt.open
+
+    class Racing:
+        def __init__(self, conn: libvirt.virConnect) -> None:
+            self.conn = conn
+
+        def listAllDomains(self, flags: int) -> list[libvirt.virDomain]:  # noqa: N802 - libvirt's name
+            found = list(self.conn.listAllDomains(flags))
+            other.destroy_domain()  # transient: gone at once
+            return found
+
+        def close(self) -> None:
+            self.conn.close()
+
+    monkeypatch.setattr(libvirt, "open", lambda uri: Racing(real_open(uri)))
+    try:
+        assert remove_stale(URI, "kcbunit") == []
+    finally:
+        other.close()
+
+
 def test_a_second_boot_starts_from_the_variables_template_again(tmp_path: Path, golden: Path) -> None:
     # A boot that failed (libvirt refused the domain) is tried again on the same VM by the suite's infra retry;
     # that boot must copy the OVMF template again, not the first boot's copy onto itself.

@@ -392,7 +392,10 @@ def remove_stale(uri: str, prefix: str, host: VmHost | None = None) -> list[str]
         for dom in conn.listAllDomains(0):
             if not dom.name().startswith(f"{prefix}-"):
                 continue
-            owner = owner_of(dom.XMLDesc(0))
+            try:
+                owner = owner_of(dom.XMLDesc(0))
+            except libvirt.libvirtError:
+                continue  # gone since the listing (another lane's revert or close): nothing to remove
             if owner is None or owner[2] != socket.gethostname() or _pid_alive(owner[0]):
                 continue  # not ours, started from another machine (its pid means nothing here), or alive
             with contextlib.suppress(libvirt.libvirtError):
