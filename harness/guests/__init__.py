@@ -54,8 +54,9 @@ class VmLanes:
     image when needed. Every VM is closed when the lanes are.
     """
 
-    def __init__(self, config: HarnessConfig, keep_failed: bool = False) -> None:
+    def __init__(self, config: HarnessConfig, log_dir: Path, keep_failed: bool = False) -> None:
         self.config = config
+        self.log_dir = log_dir  # the serial captures of each VM's boots outside scenarios (VmSession)
         self.keep_failed = keep_failed  # --keep-failed: a failed scenario's VM is held for a debugger
         self.slots = [host.uri for host in config.vm.pool for _ in range(host.slots)]
         self.capacity: int | None = len(self.slots)
@@ -76,7 +77,7 @@ class VmLanes:
         else:
             if current is not None:
                 current[1].close()
-            session = VmSession(config)
+            session = VmSession(config, self.log_dir)
             session.keep_failed = self.keep_failed
         with self._lock:
             self._sessions[lane] = (image, session)
@@ -116,7 +117,7 @@ def open_lanes(settings: Settings) -> Iterator[WineLanes | VmLanes]:
                 "the libvirt guest needs a configuration: copy harness.example.yaml to harness.yaml, "
                 f"or pass --config (looked for {settings.config})"
             )
-        lanes = VmLanes(load_config(settings.config), keep_failed=settings.keep_failed)
+        lanes = VmLanes(load_config(settings.config), settings.out_dir / "vm", keep_failed=settings.keep_failed)
         try:
             yield lanes
         finally:

@@ -98,4 +98,4 @@ def test_a_missing_image_on_the_vm_host_is_said_with_the_host(
     config = tmp_path / "harness.yaml"
     config.write_text(f"vm:\n  uri: {vm_host_sshd.uri}\n  image: /nowhere/win10.qcow2\ntransport:\n  password_env: KCB_TEST_PASSWORD\n")
     with pytest.raises(ConfigError, match=r"/nowhere/win10.qcow2 does not exist on 127.0.0.1: prepare one"):
-        VmSession(load_config(config))
+        VmSession(load_config(config), tmp_path / "vm-boots")

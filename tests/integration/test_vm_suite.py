@@ -74,7 +74,11 @@ def test_scenarios_run_on_the_vm_path(libvirt_uri: str, folder: Path, tmp_path: 
     assert "[ticker] tick 3" in (tmp_path / "scenarios" / "01-ticks" / "kd-raw.log").read_text()
     assert "STATUS_OBJECT_NAME_NOT_FOUND" in (tmp_path / "scenarios" / "02-refused" / "timeline.txt").read_text()
     assert domains(libvirt_uri, "kcbvmrun") == []
-    assert vm_files(folder) == []  # the VM's overlays, saved states and sockets are gone (its boot logs stay)
+    assert vm_files(folder) == []  # the VM's overlays, saved states and sockets are gone
+    assert list((folder / "vm").iterdir()) == []  # and its folder: nothing of a run stays in the state folder
+    # The capture of the VM's first boot (before any scenario) is with the reports: the stand-in's kernel log.
+    (prepare,) = (tmp_path / "vm").glob("kcbvmrun-*/prepare")
+    assert "kcb-standin: ready" in (prepare / "kd-raw.log").read_text(errors="replace") and (prepare / "kd.txt").stat().st_size > 0
 
 
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

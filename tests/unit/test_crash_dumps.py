@@ -124,7 +124,7 @@ def test_crash_dumps_decide_the_hyperv_crash_device(tmp_path: Path, monkeypatch:
         f"vm:\n  image: win.qcow2\n  crash_dumps: {str(crash_dumps).lower()}\n  ovmf_code: code.fd\n"
         "transport:\n  password_env: KCB_TEST_PASSWORD\n"
     )
-    session = VmSession(load_config(config))
+    session = VmSession(load_config(config), tmp_path / "vm-boots")
     assert session.vm.spec.panic == panic and session.vm.spec.hyperv
 
 

@@ -33,6 +33,7 @@ class RecordingVm:
 
     def boot(self, overlay: bool = True, paused: bool = False) -> None:
         self.calls.append(f"boot paused={paused}")
+        self.work_dir.mkdir(parents=True, exist_ok=True)  # as VirtualMachine.boot makes its run folder
 
     def revert(self, paused: bool = True, name: str = "ready") -> None:
         self.calls.append(f"revert paused={paused}")
@@ -74,8 +75,10 @@ def session(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[V
     (tmp_path / "win.qcow2").write_bytes(b"")
     (tmp_path / "code.fd").write_bytes(b"")
     config = tmp_path / "harness.yaml"
-    config.write_text("vm:\n  image: win.qcow2\n  ovmf_code: code.fd\n  accel: tcg\ntransport:\n  password_env: KCB_TEST_PASSWORD\n")
-    session = VmSession(load_config(config))
+    config.write_text(
+        "vm:\n  image: win.qcow2\n  ovmf_code: code.fd\n  accel: tcg\n  work_dir: vms\ntransport:\n  password_env: KCB_TEST_PASSWORD\n"
+    )
+    session = VmSession(load_config(config), log_dir=tmp_path / "reports" / "vm")
     calls: list[str] = []
     session.vm = RecordingVm(calls, session.vm)  # type: ignore[assignment]
     monkeypatch.setattr(guest_module, "remove_stale", lambda uri, prefix, host=None: [])
@@ -91,7 +94,7 @@ def session(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[V
             calls.append(f"detach {self.folder.name}")
 
     monkeypatch.setattr(session, "attached_readers", Readers, raising=False)
-    transports = iter([RecordingTransport(calls), RecordingTransport(calls)])
+    transports = iter([RecordingTransport(calls) for _ in range(3)])
 
     def connect(timeout: float) -> Transport:
         calls.append("transport")
@@ -118,3 +121,14 @@ def test_the_driver_verifier_reboot_happens_with_the_readers_attached(session: t
     vm_session.prepare_verifier("verifier-1", "standard", ("sysTest.sys",))
     assert calls == ["revert paused=True", "attach verifier-1", "resume", "transport", "run", "run", "transport",
                      "snapshot verifier-1", "detach verifier-1"]  # fmt: skip
+
+
+def test_the_boot_captures_stay_with_the_reports_not_in_the_vms_folder(session: tuple[VmSession, list[str]], tmp_path: Path) -> None:
+    # They are the evidence of a boot that failed; the VM's own folder in the state folder is its files only.
+    vm_session, calls = session
+    vm_session.prepare()
+    vm_session.prepare_verifier("verifier-1", "standard", ("sysTest.sys",))
+    captures = tmp_path / "reports" / "vm" / vm_session.vm.spec.name
+    assert (captures / "prepare").is_dir() and (captures / "verifier-1").is_dir()
+    assert vm_session.vm.work_dir == tmp_path / "vms" / vm_session.vm.spec.name  # what VirtualMachine.close() removes
+    assert list((tmp_path / "vms").iterdir()) == [vm_session.vm.work_dir]  # nothing else of the VM's

@@ -91,7 +91,12 @@ def _event_text(event: Event) -> str:
 class VmSession:
     """The VM of one harness run, shared by the scenarios' guests."""
 
-    def __init__(self, config: HarnessConfig, host: VmHost | None = None) -> None:
+    def __init__(self, config: HarnessConfig, log_dir: Path, host: VmHost | None = None) -> None:
+        """``log_dir``: where the serial captures of the boots outside scenarios go (a folder per VM, on this machine).
+
+        Raises:
+            ConfigError: the image or firmware is missing, or the transport has no password.
+        """
         settings = config.vm
         self.config = config
         self.host = host or vm_host(settings.uri)  # a remote VM host is reached (host key checked) now
@@ -105,19 +110,18 @@ class VmSession:
         # The VM's ports listen on the VM host's loopback; a remote host's are forwarded here over SSH.
         self.host_port = config.transport.host_port or (remote_port() if remote else free_port())
         self._local_ports: dict[int, int] = {}
-        work = settings.vm_dir / new_name(settings.name_prefix)
-        run = work / "run"
-        com1: Path | int = remote_port() if remote else run / "com1.sock"
-        com2: Path | int = remote_port() if remote else run / "com2.sock"
+        work = settings.vm_dir / new_name(settings.name_prefix)  # the VM's files, all of them: close() removes it
+        com1: Path | int = remote_port() if remote else work / "com1.sock"
+        com2: Path | int = remote_port() if remote else work / "com2.sock"
         accel = detect_accel(self.host, settings.accel)
         spec = vm_spec(
-            settings, work.name, run, accel, com1=com1, com2=com2, forwards=(PortForward(self.host_port, config.transport.port),),
+            settings, work.name, work, accel, com1=com1, com2=com2, forwards=(PortForward(self.host_port, config.transport.port),),
             owner_pid=os.getpid(),
         )  # fmt: skip
-        self.vm = VirtualMachine(settings.uri, spec, settings.golden, run, host=self.host)
-        # The serial captures of the boots outside scenarios (prepare, Driver Verifier), on this machine; kept after
-        # the run (close() removes only the VM's run folder).
-        self.log_dir = work
+        self.vm = VirtualMachine(settings.uri, spec, settings.golden, work, host=self.host)
+        # The serial captures of the boots outside scenarios (prepare, Driver Verifier): the evidence when such a
+        # boot fails, kept with the run's reports.
+        self.log_dir = log_dir / work.name
         self.prepared = False
         self.keep_failed = False  # --keep-failed: hold a failed VM for a debugger (LibvirtGuest.hold_failed)
         self.shell: GuestShell = StandinShell() if settings.guest_os == "standin" else WindowsShell(config.guest_dir)
@@ -272,6 +276,7 @@ class VmSession:
             self.vm.take_ready_snapshot(name)
 
     def close(self) -> None:
+        """Destroy the VM and remove its folder."""
         self.vm.close()
 
 
