@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from types import FrameType
@@ -211,12 +212,19 @@ def _images(available: list[str | None], wanted: list[str] | None) -> list[str |
     return list(dict.fromkeys(wanted))
 
 
+_SAY = threading.Lock()
+
+
 def _say(line: str) -> None:
-    print(line, flush=True)
+    """One progress line on stdout. Workers say theirs at once: print() writes the text and its newline in two
+    calls, so two lines could share one (``RUN  a...RUN  b`` then an empty line); one locked write each keeps them whole."""
+    with _SAY:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 def _interrupted(outcome: SuiteResult, total: int, out: Path) -> int:
-    finished = sum(1 for result in outcome.results if not result.message.startswith("interrupted"))
+    finished = len(outcome.results) - len(outcome.cut_short)
     print(f"interrupted after {finished} of {total} scenarios ({outcome.interrupted}); guests torn down; reports in {out}", file=sys.stderr)
     return EXIT_INTERRUPTED
 
