@@ -218,6 +218,7 @@ class Worker:
 class SuiteResult:
     results: list[ScenarioResult]
     interrupted: str | None = None  # why, when Ctrl-C or SIGTERM ended the suite
+    cut_short: tuple[str, ...] = ()  # the keys of the items that the interruption ended before they finished
 
 
 class Suite:
@@ -253,6 +254,7 @@ class Suite:
         self._interrupted = False  # by Ctrl-C or SIGTERM (not by a worker that failed)
         self._workers: list[Worker] = []
         self._failures: list[BaseException] = []
+        self._cut_short: set[int] = set()
 
     def run(self) -> SuiteResult:
         """Run every item. Ctrl-C or SIGTERM in the calling (main) thread ends it cleanly (``SuiteResult.interrupted``).
@@ -297,7 +299,9 @@ class Suite:
         self._write_reports()
         if self._failures and not self._interrupted:
             raise self._failures[0]
-        return SuiteResult(self.results(), self._cancelled)
+        with self._lock:
+            cut_short = tuple(self.items[index].key for index in sorted(self._cut_short))
+        return SuiteResult(self.results(), self._cancelled, cut_short)
 
     def cancel(self, reason: str) -> None:
         """Stop handing out items and cancel the running ones (their guests are torn down by their workers)."""
@@ -329,6 +333,8 @@ class Suite:
                 try:
                     result = worker.run(item, self.items[following] if following is not None else None)
                 except ScenarioInterrupted as interrupted:
+                    with self._lock:
+                        self._cut_short.add(index)
                     self._done(index, interrupted.result)
                     break
                 self._done(index, result)

@@ -81,6 +81,7 @@ def test_a_cancelled_suite_tears_down_running_and_early_started_guests(tmp_path:
     threading.Timer(1.0, suite.cancel, args=("test",)).start()
     outcome = suite.run()
     assert [r.message.startswith("interrupted") for r in outcome.results] == [True]
+    assert outcome.cut_short == (outcome.results[0].key,)  # by the suite, not by the words of the message
     assert lanes.guests and all(guest.stopped for _, guest in lanes.guests)  # the running one and the one started early
 
 
