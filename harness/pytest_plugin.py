@@ -30,6 +30,7 @@ from harness.errors import ScenarioError
 from harness.guests import open_lanes
 from harness.reports import write_reports
 from harness.reports.store import load
+from harness.reports.timeline import line_text
 from harness.runner import ScenarioInterrupted, ScenarioResult
 from harness.scenario.loader import SUFFIXES, LoadedScenario, load_scenario
 from harness.suite import Item, Worker
@@ -208,18 +209,23 @@ class ScenarioItem(pytest.Item):
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, ScenarioFailed):
-            result = excinfo.value.result
-            lines = [f"{result.outcome}: {result.message}"]
-            if result.context:
-                lines.append("kernel log nearby:")
-                lines += [f"  +{line.t:.3f}s {line.text}" for line in result.context]
-            if result.triage is not None:
-                lines.append(result.triage.render().rstrip("\n"))
-            elif result.signature is not None:
-                lines.append(f"signature: {result.signature}")
-            lines.append(f"raw kernel log: {result.raw_log}")
-            return "\n".join(lines)
+            return failure_text(excinfo.value.result)
         return super().repr_failure(excinfo)
 
     def reportinfo(self) -> tuple[Path, int, str]:
         return self.path, 0, f"scenario {self.loaded.id}: {self.loaded.scenario.name}"
+
+
+def failure_text(result: ScenarioResult) -> str:
+    """pytest's text for a scenario that did not pass: the verdict, the log lines near it (each not from the kernel
+    log with its source, as the reports show them), where it crashed or hung, and the raw log's path."""
+    lines = [f"{result.outcome}: {result.message}"]
+    if result.context:
+        lines.append("log nearby:")
+        lines += [f"  +{line.t:.3f}s {line_text(line)}" for line in result.context]
+    if result.triage is not None:
+        lines.append(result.triage.render().rstrip("\n"))
+    elif result.signature is not None:
+        lines.append(f"signature: {result.signature}")
+    lines.append(f"raw kernel log: {result.raw_log}")
+    return "\n".join(lines)
