@@ -147,7 +147,8 @@ class Worker:
             prepared = self._prepare(item, number, early=False)
         if next_item is not None and len(self.numbers) > 1:
             other = self._next_lane()
-            self._pending = (next_item, self._prepare(next_item, other, early=True), other)
+            first = prepared.guest.start_settled if prepared.guest is not None else None
+            self._pending = (next_item, self._prepare(next_item, other, early=True, after=first), other)
         self.current = prepared
         try:
             result = run_set_up(prepared, self.progress)
@@ -165,6 +166,8 @@ class Worker:
             raise
         finally:
             self.current = None
+            if prepared.guest is not None:
+                prepared.guest.start_settled.set()  # a guest the item never started: the next one need not wait for it
         return self._finish(item, result)
 
     @staticmethod
@@ -182,14 +185,22 @@ class Worker:
         self._turn += 1
         return number
 
-    def _prepare(self, item: Item, number: int, early: bool) -> SetUp:
+    def _prepare(self, item: Item, number: int, early: bool, after: threading.Event | None = None) -> SetUp:
+        """Set ``item`` up on lane ``number``; with ``early`` its guest starts now in the background, once the lane's
+        last teardown is done and ``after`` is set (the running item's guest is up)."""
         lane = self._lanes.setdefault(number, _Lane())
         factory = self.lanes.factory(number, item.image)
         prepared = set_up(item.scenario, factory, item.drivers_dir, self.out_dir / "scenarios" / item.key, self.symbol_dirs)
         if prepared.guest is not None:
             prepared.guest.stop_later = lane.stop_later
             if early:
-                prepared.guest.start_early(after=lane.wait_idle)
+
+                def ready() -> None:
+                    lane.wait_idle()
+                    if after is not None:
+                        after.wait()
+
+                prepared.guest.start_early(after=ready)
             else:
                 lane.wait_idle()
         return prepared

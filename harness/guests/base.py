@@ -83,6 +83,9 @@ class Guest(ABC):
         self.verifier: tuple[str | int, tuple[str, ...]] | None = None
         self._early: threading.Thread | None = None
         self._early_error: BaseException | None = None
+        #: Set once this guest's start has ended, up or failed (or, set by a pool, once it will never start). A pool
+        #: starts the next guest only then: a start nobody waits for yet must not share the CPU with one a scenario waits for.
+        self.start_settled = threading.Event()
         #: Set by a pool: hands ``stop`` to it at the end of ``with guest:`` instead of calling it there.
         self.stop_later: Callable[[Callable[[], None]], None] | None = None
 
@@ -197,6 +200,8 @@ class Guest(ABC):
         except BaseException as error:  # handed to whoever enters the guest
             self._early_error = error
             self.stop()
+        finally:
+            self.start_settled.set()
 
     def discard(self) -> None:
         """End a guest that was started early but will not be used (a suite that was interrupted)."""
@@ -215,6 +220,8 @@ class Guest(ABC):
         except BaseException:
             self.stop()
             raise
+        finally:
+            self.start_settled.set()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:

@@ -4,6 +4,7 @@ every guest stopped, reports as items finish, a cancelled suite."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 from harness.errors import GuestError
@@ -137,3 +138,51 @@ def test_an_infra_retry_runs_on_its_own_lane_while_the_next_guest_starts_on_the_
     assert [r.outcome for r in outcome.results] == ["passed"] * 3
     assert OneAtATimeGuest.clashes == [] and all(guest.stopped for guest in made)
     assert (tmp_path / "out" / "scenarios" / "case-0" / ATTEMPT).is_dir()
+
+
+class SlowStartLanes(Lanes):
+    """Lanes whose guests take 0.3 s to start and log when each start begins and ends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[str] = []
+
+    def factory(self, lane: int, image: str | None) -> GuestFactory:
+        def make(timeline: Timeline, run_dir: Path) -> Guest:
+            lanes = self
+
+            class SlowStart(ScriptedGuest):
+                def start(self) -> None:
+                    with lanes.lock:
+                        lanes.log.append(f"begin {run_dir.name}")
+                    time.sleep(0.3)
+                    with lanes.lock:
+                        lanes.log.append(f"end {run_dir.name}")
+                    super().start()
+
+            guest = SlowStart(timeline, run_dir, succeed)
+            with self.lock:
+                self.guests.append((lane, guest))
+            return guest
+
+        return make
+
+
+def test_the_next_guest_starts_once_the_running_items_guest_is_up(tmp_path: Path) -> None:
+    # At a suite's start each worker starts its first guest, which an item waits for, and the next one, which nobody
+    # waits for yet: the second must not take CPU from the first (four Wine starts on two cores made -j 2 slower).
+    lanes = SlowStartLanes()
+    outcome = Suite(items(tmp_path, 3), lanes, tmp_path / "out", jobs=1, warm=True).run()
+    assert [r.outcome for r in outcome.results] == ["passed"] * 3
+    assert lanes.log == ["begin case-0", "end case-0", "begin case-1", "end case-1", "begin case-2", "end case-2"]
+
+
+def test_a_next_guest_does_not_wait_for_a_guest_its_item_never_started(tmp_path: Path) -> None:
+    # An item that ends before its guest starts (here a driver file that is missing) must still let the next one start.
+    lanes = SlowStartLanes()
+    items(tmp_path, 2)  # drivers/sender.sys, case-0.yaml, case-1.yaml
+    (tmp_path / "case-0.yaml").write_text(SCENARIO.replace("sender", "absent"))  # now needs absent.sys
+    listed = expand([load_scenario(tmp_path / f"case-{n}.yaml") for n in (0, 1)], {None: tmp_path / "drivers"})
+    outcome = Suite(listed, lanes, tmp_path / "out", jobs=1, warm=True).run()
+    assert [r.outcome for r in outcome.results] == ["error", "passed"]
+    assert lanes.log == ["begin case-1", "end case-1"]
