@@ -34,11 +34,14 @@ class Lanes:
         def make(timeline: Timeline, run_dir: Path) -> Guest:
             with self.lock:
                 broken = lane == self.broken_lane and not any(number == lane for number, _ in self.guests)
-                guest = (BrokenGuest if broken else ScriptedGuest)(timeline, run_dir, succeed)
+                guest = BrokenGuest(timeline, run_dir, succeed) if broken else self.guest(timeline, run_dir)
                 self.guests.append((lane, guest))
             return guest
 
         return make
+
+    def guest(self, timeline: Timeline, run_dir: Path) -> ScriptedGuest:
+        return ScriptedGuest(timeline, run_dir, succeed)
 
 
 class BrokenGuest(ScriptedGuest):
@@ -140,32 +143,27 @@ def test_an_infra_retry_runs_on_its_own_lane_while_the_next_guest_starts_on_the_
     assert (tmp_path / "out" / "scenarios" / "case-0" / ATTEMPT).is_dir()
 
 
-class SlowStartLanes(Lanes):
-    """Lanes whose guests take 0.3 s to start and log when each start begins and ends."""
+class SlowStartGuest(ScriptedGuest):
+    """Takes 0.3 s to start and logs when its start begins and ends."""
 
+    def __init__(self, timeline: Timeline, run_dir: Path, log: list[str]) -> None:
+        super().__init__(timeline, run_dir, succeed)
+        self.starts = log
+
+    def start(self) -> None:
+        self.starts.append(f"begin {self.run_dir.name}")
+        time.sleep(0.3)
+        self.starts.append(f"end {self.run_dir.name}")
+        super().start()
+
+
+class SlowStartLanes(Lanes):
     def __init__(self) -> None:
         super().__init__()
         self.log: list[str] = []
 
-    def factory(self, lane: int, image: str | None) -> GuestFactory:
-        def make(timeline: Timeline, run_dir: Path) -> Guest:
-            lanes = self
-
-            class SlowStart(ScriptedGuest):
-                def start(self) -> None:
-                    with lanes.lock:
-                        lanes.log.append(f"begin {run_dir.name}")
-                    time.sleep(0.3)
-                    with lanes.lock:
-                        lanes.log.append(f"end {run_dir.name}")
-                    super().start()
-
-            guest = SlowStart(timeline, run_dir, succeed)
-            with self.lock:
-                self.guests.append((lane, guest))
-            return guest
-
-        return make
+    def guest(self, timeline: Timeline, run_dir: Path) -> ScriptedGuest:
+        return SlowStartGuest(timeline, run_dir, self.log)
 
 
 def test_the_next_guest_starts_once_the_running_items_guest_is_up(tmp_path: Path) -> None:
