@@ -30,7 +30,7 @@ from harness.errors import ScenarioError
 from harness.guests import open_lanes
 from harness.reports import write_reports
 from harness.reports.store import load
-from harness.reports.timeline import line_text
+from harness.reports.timeline import context_line
 from harness.runner import ScenarioInterrupted, ScenarioResult
 from harness.scenario.loader import SUFFIXES, LoadedScenario, load_scenario
 from harness.suite import Item, Worker
@@ -222,7 +222,7 @@ def failure_text(result: ScenarioResult) -> str:
     lines = [f"{result.outcome}: {result.message}"]
     if result.context:
         lines.append("log nearby:")
-        lines += [f"  +{line.t:.3f}s {line_text(line)}" for line in result.context]
+        lines += [f"  {context_line(line)}" for line in result.context]
     if result.triage is not None:
         lines.append(result.triage.render().rstrip("\n"))
     elif result.signature is not None:

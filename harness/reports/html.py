@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from harness.reports.svg import render_svg
-from harness.reports.timeline import event_row, line_text
+from harness.reports.timeline import context_line, event_row
 from harness.runner import ScenarioResult
 from harness.triage.model import Triage
 
@@ -62,9 +62,7 @@ def _scenario(result: ScenarioResult, out_dir: Path) -> str:
         parts.append(_triage(result.triage))
     if result.context:
         parts.append(
-            "<div>kernel log before it:</div><pre>"
-            + "".join(f"+{line.t:.3f}s {_esc(line_text(line))}\n" for line in result.context)
-            + "</pre>"
+            "<div>kernel log before it:</div><pre>" + "".join(f"{_esc(context_line(line))}\n" for line in result.context) + "</pre>"
         )
     parts.append("<table><tr><th>#</th><th>line</th><th>step</th><th>result</th><th>detail</th><th>time</th></tr>")
     for step in result.steps:

@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.reports.timeline import line_text, render_timeline
+from harness.reports.timeline import context_line, render_timeline
 from harness.runner import ScenarioResult
 
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
@@ -69,7 +69,7 @@ def junit_xml(results: Sequence[ScenarioResult], suite: str = "kcb-harness") -> 
 
 
 def _context(result: ScenarioResult) -> str:
-    lines = "".join(f"  +{line.t:.3f}s {line_text(line)}\n" for line in result.context)
+    lines = "".join(f"  {context_line(line)}\n" for line in result.context)
     text = f"{result.message}\n{lines}" if lines else result.message
     if result.triage is not None:
         text += ("" if text.endswith("\n") else "\n") + result.triage.render()

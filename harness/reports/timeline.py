@@ -13,6 +13,11 @@ def line_text(line: LogLine) -> str:
     return line.text if line.source == KERNEL else f"[{line.source}] {line.text}"
 
 
+def context_line(line: LogLine) -> str:
+    """A line of a failure's context (the log lines before it), with its time: ``+1.250s [com2] login:``."""
+    return f"+{line.t:.3f}s {line_text(line)}"
+
+
 def event_row(event: Event) -> tuple[float, str, str]:
     """(time, kind, text) of one event, as the reports show it."""
     if isinstance(event, LogLine):
